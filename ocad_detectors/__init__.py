@@ -1,0 +1,1 @@
+"""OCAD online side: inference-only detectors, the shared feature engine and the model registry reader."""

@@ -1,0 +1,98 @@
+"""Group ``data``: raw measurements, from the simulator (recorded files come later)."""
+
+
+import dagster as dg
+import pandas as pd
+
+from ocad_pipeline.assets.validation import checked_output, schema_check_specs
+from ocad_pipeline.plots import figure_markdown, series_with_incidents
+from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
+from ocad_pipeline.simulator import SimulatorConfig, simulate
+
+
+class SimulatorSettings(dg.Config):
+    """Fleet, duration and incident settings of the simulator. Same settings -> same data."""
+
+    n_oru: int = 4
+    n_odu: int = 4
+    n_transport: int = 4
+    duration_hours: float = 48.0
+    interval_s: float = 5.0
+    start: str = "2026-01-05T00:00:00+00:00"
+    incidents_per_endpoint_day: float = 9.0
+    incident_mix: dict[str, float] = {"spike": 0.25, "drift": 0.25, "loss": 0.15, "concurrent": 0.2, "correlated": 0.15}
+    drift_outage_probability: float = 0.6
+    min_gap_minutes: float = 10.0
+    seed: int = 42
+
+    def to_simulator_config(self) -> SimulatorConfig:
+        return SimulatorConfig(**self.model_dump())
+
+
+RAW_FILES = {
+    "samples": "raw/samples.parquet",
+    "incidents": "raw/incidents.parquet",
+    "endpoints": "raw/endpoints.parquet",
+    "labels": "processed/anomaly_labels.csv",
+}
+
+
+def anomaly_share_table(samples: pd.DataFrame) -> str:
+    n = len(samples)
+    counts = samples["anomaly_type"].value_counts()
+    rows = ["| anomaly_type | samples | share |", "|---|---:|---:|"]
+    for t, c in counts.items():
+        rows.append(f"| {t} | {c} | {c / n:.2%} |")
+    rows.append(f"| **any** | {int(samples['is_anomaly'].sum())} | {samples['is_anomaly'].mean():.2%} |")
+    return "\n".join(rows)
+
+
+@dg.asset(
+    group_name="data",
+    io_manager_key="tables",
+    metadata={"ocad/files": RAW_FILES},
+    check_specs=schema_check_specs(
+        "raw_metrics",
+        {
+            "samples_schema": "samples: signal units and ranges, one row per (endpoint, timestamp), labels consistent",
+            "incidents_schema": "incidents: every episode ends; outages only after drifts, inside the episode",
+            "endpoints_schema": "endpoints: known roles and capability sets",
+            "labels_schema": "anomaly_labels.csv in the seed's columns",
+        },
+    ),
+    kinds={"pandas", "parquet"},
+)
+def raw_metrics(context: dg.AssetExecutionContext, config: SimulatorSettings):
+    """Simulated CFM-lite samples (udp_echo_rtt_ms, ecpri_ow_us [µs], lbm_rtt_ms, lbm_success) for a
+    fleet of O-RU / O-DU / transport endpoints, with labelled incident episodes (spike, drift,
+    loss, concurrent, correlated) and the incident table. Written to data/raw/ and
+    data/processed/anomaly_labels.csv."""
+    sim = simulate(config.to_simulator_config())
+    tables = {"samples": sim.samples, "incidents": sim.incidents, "endpoints": sim.endpoints, "labels": sim.labels}
+    context.log.info(f"simulated {len(sim.samples)} samples, {len(sim.incidents)} incidents on {len(sim.endpoints)} endpoints")
+    # plot the endpoint that shows the most incident types
+    types_per_ep = sim.incidents.groupby("endpoint_id")["type"].nunique()
+    ep = str(types_per_ep.idxmax()) if len(types_per_ep) else str(sim.endpoints["endpoint_id"].iloc[0])
+    metadata = {
+        "rows": len(sim.samples),
+        "endpoints": len(sim.endpoints),
+        "incidents": len(sim.incidents),
+        "anomaly_share": float(sim.samples["is_anomaly"].mean()),
+        "anomaly_share_by_type": dg.MetadataValue.md(anomaly_share_table(sim.samples)),
+        "incidents_by_type": dg.MetadataValue.md(
+            sim.incidents.groupby(["type", "severity"]).size().unstack(fill_value=0).to_markdown()
+        ),
+        "endpoints_table": dg.MetadataValue.md(sim.endpoints[["endpoint_id", "role", "capabilities"]].to_markdown(index=False)),
+        "preview": dg.MetadataValue.md(sim.samples.head(10).to_markdown(index=False)),
+        "plot": dg.MetadataValue.md(figure_markdown(series_with_incidents(sim.samples, sim.incidents, ep), ep)),
+    }
+    yield from checked_output(
+        tables,
+        {
+            "samples_schema": (sim.samples, RAW_SAMPLES),
+            "incidents_schema": (sim.incidents, INCIDENTS),
+            "endpoints_schema": (sim.endpoints, ENDPOINTS),
+            "labels_schema": (sim.labels, ANOMALY_LABELS),
+        },
+        metadata,
+    )

@@ -1,0 +1,52 @@
+"""Dagster resources: where data lives and the dataset parameters shared by several assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ocad_pipeline.datasets import SplitConfig
+
+DEFAULT_DATA_DIR = os.environ.get("OCAD_DATA_DIR", "data")
+
+
+class OcadPaths(dg.ConfigurableResource):
+    """Root of materialized data and models (default ``data/`` or ``$OCAD_DATA_DIR``)."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+
+class DatasetSettings(dg.ConfigurableResource):
+    """How samples become datasets; shared by every asset of the ``datasets`` group so that the
+    split boundaries and window sizes agree."""
+
+    sequence_length: int = 10
+    sequence_stride: int = 2
+    feature_window: int = 12
+    feature_stride: int = 12
+    train_fraction: float = 0.70
+    val_fraction: float = 0.15
+    ewma_alpha: float = 0.3
+    cusum_k: float = 0.5
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(
+            sequence_length=self.sequence_length,
+            sequence_stride=self.sequence_stride,
+            feature_window=self.feature_window,
+            feature_stride=self.feature_stride,
+            train_fraction=self.train_fraction,
+            val_fraction=self.val_fraction,
+            ewma_alpha=self.ewma_alpha,
+            cusum_k=self.cusum_k,
+        )
