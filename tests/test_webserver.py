@@ -1,0 +1,95 @@
+"""Start `dagster dev` like a user would, ask its GraphQL API for the assets, shut it down."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED = {"raw_metrics", "sample_splits", "reference_stats", "timeseries_splits", "multivariate_splits"}
+
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+ASSETS = "{ assetNodes { assetKey { path } groupName } }"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _gql(url: str, query: str) -> dict:
+    r = requests.post(url, json={"query": query}, timeout=10)
+    r.raise_for_status()
+    return r.json()["data"]
+
+
+def test_dagster_dev_serves_the_assets(tmp_path):
+    port = _free_port()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    env = dict(os.environ, DAGSTER_HOME=str(home), OCAD_DATA_DIR=str(tmp_path / "data"))
+    dagster = Path(sys.executable).with_name("dagster")
+    log = open(tmp_path / "dagster_dev.log", "wb")
+    proc = subprocess.Popen(
+        [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: we signal the whole group on shutdown
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + 150
+        loaded = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                entries = _gql(url, LOCATIONS)["workspaceOrError"]["locationEntries"]
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
+                    assert not errors, errors
+                    loaded = True
+                    break
+            except (requests.ConnectionError, requests.Timeout, KeyError, TypeError):
+                pass
+            time.sleep(1.0)
+        assert loaded, f"code location never loaded; log:\n{(tmp_path / 'dagster_dev.log').read_text()[-3000:]}"
+        nodes = _gql(url, ASSETS)["assetNodes"]
+        groups = {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes}
+        assert EXPECTED <= set(groups), groups
+        assert groups["raw_metrics"] == "data" and groups["timeseries_splits"] == "datasets"
+    finally:
+        pgid = os.getpgid(proc.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("dagster dev did not stop on SIGTERM to its process group")
+        log.close()
+        # no stray child (webserver, daemon, code server) survives in the group
+        for _ in range(50):
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.2)
+        alive = _group_alive(pgid)
+        if alive:
+            os.killpg(pgid, signal.SIGKILL)
+        assert not alive, "processes of dagster dev's group were still running after shutdown"
