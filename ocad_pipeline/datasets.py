@@ -31,6 +31,10 @@ class SplitConfig:
     val_fraction: float = 0.15
     ewma_alpha: float = 0.3
     cusum_k: float = 0.5
+    #: if > 0: the first ``train_days`` of each endpoint form the training split (the window an
+    #: operator vouches for as healthy in unlabelled recordings); the rest is split val:test
+    #: in the proportion val_fraction : (1 - train_fraction - val_fraction)
+    train_days: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sequence_length < 2:
@@ -58,8 +62,14 @@ def split_labels(samples: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
     for _, idx in order.groupby("endpoint_id", sort=False).indices.items():
         rows = order.index.to_numpy()[idx]
         n = len(rows)
-        b1 = int(n * cfg.train_fraction)
-        b2 = int(n * (cfg.train_fraction + cfg.val_fraction))
+        if cfg.train_days > 0:
+            ts = order["timestamp_ms"].to_numpy()[idx]
+            b1 = int(np.searchsorted(ts, ts[0] + cfg.train_days * 86_400_000, side="left"))
+            test_fraction = 1.0 - cfg.train_fraction - cfg.val_fraction
+            b2 = b1 + int((n - b1) * cfg.val_fraction / (cfg.val_fraction + test_fraction))
+        else:
+            b1 = int(n * cfg.train_fraction)
+            b2 = int(n * (cfg.train_fraction + cfg.val_fraction))
         lab = np.full(n, "gap", dtype=object)
         lab[:b1] = "train"
         lab[min(b1 + g, n) : b2] = "val"
@@ -96,7 +106,11 @@ def timeseries_rows(
         if len(v) <= n_seq:
             continue
         f = flags[samples.index.get_indexer(g.index)]
+        ts = g["timestamp_ms"].to_numpy(np.int64)
         ti = np.arange(n_seq, len(v), cfg.sequence_stride)
+        # gaps stay gaps: a window whose samples are not evenly spaced (missing rows) is skipped
+        step = np.median(np.diff(ts)) if len(ts) > 1 else 0
+        ti = ti[(ts[ti] - ts[ti - n_seq]) <= n_seq * step * 1.5]
         win = np.lib.stride_tricks.sliding_window_view(v, n_seq + 1)[ti - n_seq]
         fwin = np.lib.stride_tricks.sliding_window_view(f, n_seq + 1)[ti - n_seq]
         atype = g["anomaly_type"].to_numpy(dtype=object)[ti]

@@ -38,6 +38,7 @@ class DatasetSettings(dg.ConfigurableResource):
     val_fraction: float = 0.15
     ewma_alpha: float = 0.3
     cusum_k: float = 0.5
+    train_days: float = 0.0  # > 0: first N days of each endpoint = training split (assumed healthy)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(
@@ -49,4 +50,5 @@ class DatasetSettings(dg.ConfigurableResource):
             val_fraction=self.val_fraction,
             ewma_alpha=self.ewma_alpha,
             cusum_k=self.cusum_k,
+            train_days=self.train_days,
         )

@@ -39,7 +39,11 @@ def _range(sig: str, nullable: bool = True) -> pa.Column:
     )
 
 
-def _anomaly_type_column(allowed: tuple[str, ...] = ANOMALY_TYPES) -> pa.Column:
+#: simulator types, plus "unknown" for recorded labels that carry no type
+LABEL_TYPES: tuple[str, ...] = (*ANOMALY_TYPES, "unknown")
+
+
+def _anomaly_type_column(allowed: tuple[str, ...] = LABEL_TYPES) -> pa.Column:
     return pa.Column("string", checks=pa.Check.isin(list(allowed)), nullable=True)
 
 
@@ -72,7 +76,7 @@ INCIDENTS = pa.DataFrameSchema(
         "endpoint_id": pa.Column("string"),
         "start": pa.Column("int64", pa.Check.ge(0)),
         "end": pa.Column("int64"),
-        "type": pa.Column("string", pa.Check.isin(list(ANOMALY_TYPES))),
+        "type": pa.Column("string", pa.Check.isin(list(LABEL_TYPES))),
         "severity": pa.Column("string", pa.Check.isin(list(SEVERITIES))),
         "outage_start": pa.Column("Int64", nullable=True),
         "signals": pa.Column("string"),
@@ -94,7 +98,7 @@ ANOMALY_LABELS = pa.DataFrameSchema(
         "endpoint_id": pa.Column(str),
         "timestamp_ms": pa.Column("int64", pa.Check.ge(0)),
         "is_anomaly": pa.Column(bool),
-        "anomaly_type": pa.Column(str, pa.Check.isin(list(ANOMALY_TYPES))),
+        "anomaly_type": pa.Column(str, pa.Check.isin(list(LABEL_TYPES))),
         "severity": pa.Column(str, pa.Check.isin(list(SEVERITIES))),
         "description": pa.Column(str),
     },

@@ -12,7 +12,9 @@ from ocad_pipeline.definitions import ALL_ASSETS, build_resources
 SMALL_RUN = {
     "ops": {
         "raw_metrics": {
-            "config": {"n_oru": 1, "n_odu": 1, "n_transport": 1, "duration_hours": 6.0, "incidents_per_endpoint_day": 30.0, "seed": 3}
+            "config": {
+                "simulator": {"n_oru": 1, "n_odu": 1, "n_transport": 1, "duration_hours": 6.0, "incidents_per_endpoint_day": 30.0, "seed": 3}
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
-"""Group ``data``: raw measurements, from the simulator (recorded files come later)."""
+"""Group ``data``: raw measurements, from the simulator (default) or from recorded files."""
 
+
+from typing import Optional
 
 import dagster as dg
 import pandas as pd
@@ -7,6 +9,7 @@ import pandas as pd
 from ocad_pipeline.assets.validation import checked_output, schema_check_specs
 from ocad_pipeline.plots import figure_markdown, series_with_incidents
 from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
+from ocad_pipeline.recorded import RecordedConfig, load_recorded
 from ocad_pipeline.simulator import SimulatorConfig, simulate
 
 
@@ -29,11 +32,32 @@ class SimulatorSettings(dg.Config):
         return SimulatorConfig(**self.model_dump())
 
 
+class RecordedFilesSettings(dg.Config):
+    """An operator's exported measurements (see README, "Recorded data")."""
+
+    path: str = ""  # a CSV/Parquet file or a directory of them
+    format: str = "auto"  # auto | wide | long
+    timestamp_unit: str = "auto"  # auto | s | ms | iso
+    signal_map: dict[str, str] = {}  # e.g. {"rtt": "udp_echo_rtt_ms"}
+    units: dict[str, str] = {}  # unit of wide columns, e.g. {"ecpri_ow_us": "ms"} -> converted to µs
+    labels_path: Optional[str] = None  # labels file: per sample or start/end windows
+    endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
+
+
+class RawMetricsConfig(dg.Config):
+    """Where raw metrics come from: ``simulator`` (default) or ``files``."""
+
+    source: str = "simulator"
+    simulator: SimulatorSettings = SimulatorSettings()
+    files: RecordedFilesSettings = RecordedFilesSettings()
+
+
 RAW_FILES = {
     "samples": "raw/samples.parquet",
     "incidents": "raw/incidents.parquet",
     "endpoints": "raw/endpoints.parquet",
     "labels": "processed/anomaly_labels.csv",
+    "source": "raw/source.parquet",
 }
 
 
@@ -62,18 +86,48 @@ def anomaly_share_table(samples: pd.DataFrame) -> str:
     ),
     kinds={"pandas", "parquet"},
 )
-def raw_metrics(context: dg.AssetExecutionContext, config: SimulatorSettings):
-    """Simulated CFM-lite samples (udp_echo_rtt_ms, ecpri_ow_us [µs], lbm_rtt_ms, lbm_success) for a
-    fleet of O-RU / O-DU / transport endpoints, with labelled incident episodes (spike, drift,
-    loss, concurrent, correlated) and the incident table. Written to data/raw/ and
-    data/processed/anomaly_labels.csv."""
-    sim = simulate(config.to_simulator_config())
-    tables = {"samples": sim.samples, "incidents": sim.incidents, "endpoints": sim.endpoints, "labels": sim.labels}
-    context.log.info(f"simulated {len(sim.samples)} samples, {len(sim.incidents)} incidents on {len(sim.endpoints)} endpoints")
+def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
+    """CFM-lite samples (udp_echo_rtt_ms, ecpri_ow_us [µs], lbm_rtt_ms, lbm_success) per endpoint
+    with per-sample labels and an incident table. Source ``simulator`` (default): a seeded fleet
+    of O-RU / O-DU / transport endpoints with incident episodes (spike, drift, loss, concurrent,
+    correlated). Source ``files``: recorded CSV/Parquet files (wide or long), labels optional.
+    Written to data/raw/ and data/processed/anomaly_labels.csv."""
+    if config.source == "simulator":
+        sim = simulate(config.simulator.to_simulator_config())
+        source = {"source": "simulator", "labelled": True, "files": "", "rows_read": len(sim.samples), "duplicates_removed": 0}
+        context.log.info(f"simulated {len(sim.samples)} samples, {len(sim.incidents)} incidents on {len(sim.endpoints)} endpoints")
+    elif config.source == "files":
+        f = config.files
+        if not f.path:
+            raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
+        sim, report = load_recorded(
+            RecordedConfig(f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles)
+        )
+        source = {
+            "source": "files",
+            "labelled": bool(report["labelled"]),
+            "files": ", ".join(report["files"]),
+            "rows_read": int(report["rows_read"]),
+            "duplicates_removed": int(report["duplicates_removed"]),
+        }
+        context.log.info(f"read {report['rows_read']} rows from {len(report['files'])} file(s); labelled: {report['labelled']}")
+        if not report["labelled"]:
+            context.log.warning("recorded data has no labels: training treats it as normal; detection metrics are not available")
+    else:
+        raise dg.Failure(f"raw_metrics: unknown source {config.source!r}; use 'simulator' or 'files'")
+    tables = {
+        "samples": sim.samples,
+        "incidents": sim.incidents,
+        "endpoints": sim.endpoints,
+        "labels": sim.labels,
+        "source": pd.DataFrame([source]),
+    }
     # plot the endpoint that shows the most incident types
     types_per_ep = sim.incidents.groupby("endpoint_id")["type"].nunique()
     ep = str(types_per_ep.idxmax()) if len(types_per_ep) else str(sim.endpoints["endpoint_id"].iloc[0])
     metadata = {
+        "source": source["source"],
+        "labelled": source["labelled"],
         "rows": len(sim.samples),
         "endpoints": len(sim.endpoints),
         "incidents": len(sim.incidents),

@@ -1,0 +1,219 @@
+"""Recorded measurements as the pipeline's raw data: samples, endpoints, labels and incidents.
+
+Reading and unit handling live in :mod:`ocad_detectors.recorded` (``ocad-detect`` reads the same
+formats). This module adds what training needs: pandera validation of every row (all problems
+at once, each named by file, row and column), optional labels (a label column or a separate
+labels file, per sample or as start/end windows), capabilities inferred from the signals each
+endpoint reports, and an incident table derived from the labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from ocad_detectors.features import capability_key
+from ocad_detectors.recorded import Problem, ReadOptions, RecordedDataError, read_samples, to_epoch_ms
+from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
+from ocad_pipeline.simulator import ANOMALY_TYPES, SimulatedData
+
+UNKNOWN_TYPE = "unknown"  # a labelled anomaly whose type the operator did not give
+
+
+@dataclass(frozen=True)
+class RecordedConfig:
+    path: str
+    format: str = "auto"
+    timestamp_unit: str = "auto"
+    signal_map: Mapping[str, str] = field(default_factory=dict)
+    units: Mapping[str, str] = field(default_factory=dict)
+    labels_path: str | None = None
+    endpoint_roles: Mapping[str, str] = field(default_factory=dict)
+
+
+def _row_schema() -> pa.DataFrameSchema:
+    cols = {
+        "timestamp_ms": pa.Column("int64", pa.Check.ge(0)),
+        "endpoint_id": pa.Column(str, pa.Check.str_length(min_value=1)),
+    }
+    for s in VALUE_SIGNALS:
+        sig = SIGNALS[s]
+        cols[s] = pa.Column(
+            float,
+            [pa.Check.gt(sig.min_value, error=f"{s} must be > 0 {sig.unit}"), pa.Check.le(sig.max_value, error=f"{s} above {sig.max_value:g} {sig.unit}")],
+            nullable=True,
+            required=False,
+        )
+    cols["lbm_success"] = pa.Column(float, pa.Check.isin([0.0, 1.0]), nullable=True, required=False)
+    return pa.DataFrameSchema(cols, strict=False, name="recorded_samples")
+
+
+def validate_rows(df: pd.DataFrame) -> None:
+    """pandera, lazily: every bad cell of every file, named by file, row and column."""
+    with_inf = df.copy()
+    try:
+        _row_schema().validate(with_inf, lazy=True)
+    except pa.errors.SchemaErrors as e:
+        problems = []
+        for r in e.failure_cases.itertuples():
+            idx = r.index
+            if idx is None or (isinstance(idx, float) and np.isnan(idx)):
+                problems.append(Problem("<all files>", None, str(r.column), f"{r.check}"))
+                continue
+            src = df.loc[int(idx)]
+            problems.append(
+                Problem(str(src["src_file"]), int(src["src_row"]), str(r.column), f"value {r.failure_case!r} fails {r.check}")
+            )
+        raise RecordedDataError(problems) from None
+
+
+def _role(endpoint_id: str, roles: Mapping[str, str]) -> str:
+    """Role from config, else from the name (o-ru-*, o-du-*), else transport."""
+    if endpoint_id in roles:
+        return roles[endpoint_id]
+    e = endpoint_id.lower().replace("_", "-")
+    if e.startswith(("o-ru", "oru", "ru-")):
+        return "o-ru"
+    if e.startswith(("o-du", "odu", "du-")):
+        return "o-du"
+    return "transport"
+
+
+def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """is_anomaly / anomaly_type per sample from a labels file (per sample or start/end windows)."""
+    lab = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]) if path.suffix == ".csv" else pd.read_parquet(path)
+    f = str(path)
+    is_anom = np.zeros(len(samples), dtype=bool)
+    atype = np.full(len(samples), None, dtype=object)
+    problems: list[Problem] = []
+    if "endpoint_id" not in lab.columns:
+        raise RecordedDataError([Problem(f, None, "endpoint_id", "labels file needs an endpoint_id column")])
+    types = lab["anomaly_type"] if "anomaly_type" in lab.columns else pd.Series([None] * len(lab))
+    if {"start", "end"} <= set(lab.columns):
+        start, ok_s = to_epoch_ms(lab["start"])
+        end, ok_e = to_epoch_ms(lab["end"])
+        for i in np.flatnonzero(~ok_s):
+            problems.append(Problem(f, int(i) + 2, "start", f"unreadable time {lab['start'].iloc[i]!r}"))
+        for i in np.flatnonzero(~ok_e):
+            problems.append(Problem(f, int(i) + 2, "end", f"unreadable time {lab['end'].iloc[i]!r}"))
+        if problems:
+            raise RecordedDataError(problems)
+        ep = samples["endpoint_id"].to_numpy()
+        ts = samples["timestamp_ms"].to_numpy()
+        for i in range(len(lab)):
+            sel = (ep == str(lab["endpoint_id"].iloc[i])) & (ts >= start[i]) & (ts < end[i])
+            is_anom[sel] = True
+            atype[sel] = types.iloc[i] if pd.notna(types.iloc[i]) else UNKNOWN_TYPE
+        return is_anom, atype
+    ts_col = next((c for c in ("timestamp_ms", "timestamp", "time", "ts") if c in lab.columns), None)
+    if ts_col is None:
+        raise RecordedDataError([Problem(f, None, None, "labels file needs start/end columns or a timestamp column")])
+    t, ok = to_epoch_ms(lab[ts_col])
+    for i in np.flatnonzero(~ok):
+        problems.append(Problem(f, int(i) + 2, ts_col, f"unreadable timestamp {lab[ts_col].iloc[i]!r}"))
+    if problems:
+        raise RecordedDataError(problems)
+    flag = lab["is_anomaly"].astype(str).str.lower().isin(["true", "1", "yes"]) if "is_anomaly" in lab.columns else pd.Series(True, index=lab.index)
+    key = pd.MultiIndex.from_arrays([lab["endpoint_id"].astype(str), np.round(t).astype("int64")])
+    pos = pd.MultiIndex.from_arrays([samples["endpoint_id"].astype(str), samples["timestamp_ms"]]).get_indexer(key)
+    for i in np.flatnonzero(pos < 0)[:30]:
+        problems.append(Problem(f, int(i) + 2, ts_col, f"no sample of {lab['endpoint_id'].iloc[i]} at this time"))
+    if problems:
+        raise RecordedDataError(problems)
+    sel = flag.to_numpy()
+    is_anom[pos[sel]] = True
+    atype[pos[sel]] = [v if pd.notna(v) else UNKNOWN_TYPE for v in types[sel]]
+    return is_anom, atype
+
+
+def _incidents_from_labels(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Contiguous runs of anomalous samples of one type per endpoint become incidents."""
+    rows = []
+    inc_id = np.full(len(samples), None, dtype=object)
+    for ep, g in samples.groupby("endpoint_id", sort=True):
+        a = g["is_anomaly"].to_numpy()
+        t = g["anomaly_type"].astype(object).to_numpy()
+        ts = g["timestamp_ms"].to_numpy()
+        k = 0
+        i = 0
+        while i < len(a):
+            if not a[i]:
+                i += 1
+                continue
+            j = i
+            while j + 1 < len(a) and a[j + 1] and t[j + 1] == t[i]:
+                j += 1
+            k += 1
+            iid = f"{ep}#{k:03d}"
+            inc_id[samples.index.get_indexer(g.index[i : j + 1])] = iid
+            end = int(ts[j + 1]) if j + 1 < len(ts) else int(ts[j]) + 1
+            rows.append({"incident_id": iid, "endpoint_id": str(ep), "start": int(ts[i]), "end": end, "type": str(t[i]),
+                         "severity": "major", "outage_start": None, "signals": ",".join(VALUE_SIGNALS)})
+            i = j + 1
+    inc = pd.DataFrame(rows, columns=["incident_id", "endpoint_id", "start", "end", "type", "severity", "outage_start", "signals"])
+    inc["start"] = inc["start"].astype("int64")
+    inc["end"] = inc["end"].astype("int64")
+    inc["outage_start"] = inc["outage_start"].astype("Int64")
+    for c in ("incident_id", "endpoint_id", "type", "severity", "signals"):
+        inc[c] = inc[c].astype("string")
+    return inc, inc_id
+
+
+def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
+    """Recorded files -> the same tables the simulator produces, plus a description of the source."""
+    opts = ReadOptions(format=cfg.format, timestamp_unit=cfg.timestamp_unit, signal_map=dict(cfg.signal_map), units=dict(cfg.units))
+    samples, report = read_samples(cfg.path, opts, keep_source=True)
+    validate_rows(samples)
+    samples = samples.drop(columns=["src_row", "src_file"])
+    for s in SIGNALS:
+        if s not in samples.columns:
+            samples[s] = np.nan
+    labelled = False
+    if cfg.labels_path:
+        is_anom, atype = _labels_from_file(Path(cfg.labels_path), samples)
+        labelled = True
+    elif "is_anomaly" in samples.columns:
+        flag = samples["is_anomaly"].astype(str).str.lower().isin(["true", "1", "yes", "1.0"])
+        is_anom = flag.to_numpy()
+        if "anomaly_type" in samples.columns:
+            atype = np.where(is_anom, samples["anomaly_type"].where(samples["anomaly_type"].notna(), UNKNOWN_TYPE).astype(object), None)
+        else:
+            atype = np.where(is_anom, UNKNOWN_TYPE, None)
+        labelled = True
+    else:
+        is_anom = np.zeros(len(samples), dtype=bool)
+        atype = np.full(len(samples), None, dtype=object)
+    bad_types = sorted({str(x) for x in atype if x is not None} - set(ANOMALY_TYPES) - {UNKNOWN_TYPE})
+    if bad_types:
+        raise RecordedDataError([Problem(cfg.labels_path or cfg.path, None, "anomaly_type", f"unknown anomaly types {bad_types}; use {list(ANOMALY_TYPES)}")])
+    samples["is_anomaly"] = is_anom
+    samples["anomaly_type"] = pd.array(atype, dtype="string")
+    incidents, inc_id = _incidents_from_labels(samples)
+    samples["incident_id"] = pd.array(inc_id, dtype="string")
+    samples["lbm_success"] = pd.array(
+        [pd.NA if np.isnan(v) else bool(v) for v in samples["lbm_success"].to_numpy(dtype=float)], dtype="boolean"
+    )
+    eps = []
+    for ep, g in samples.groupby("endpoint_id", sort=True):
+        caps = [c for c, cols in (("udp_echo", ["udp_echo_rtt_ms"]), ("ecpri", ["ecpri_ow_us"]), ("lbm", ["lbm_rtt_ms", "lbm_success"])) if any(g[x].notna().any() for x in cols)]
+        row = {"endpoint_id": str(ep), "role": _role(str(ep), cfg.endpoint_roles), "capabilities": capability_key(caps)}
+        for s in VALUE_SIGNALS:
+            row[f"{s}_base"] = float(g[s].median()) if g[s].notna().any() else np.nan
+            row[f"{s}_noise_std"] = np.nan
+        eps.append(row)
+    cols = ["timestamp_ms", "endpoint_id", *SIGNALS, "is_anomaly", "anomaly_type", "incident_id"]
+    samples = samples[cols].reset_index(drop=True)
+    samples["endpoint_id"] = samples["endpoint_id"].astype(object)
+    labels = samples.loc[samples["is_anomaly"], ["endpoint_id", "timestamp_ms"]].assign(
+        is_anomaly=True,
+        anomaly_type=samples.loc[samples["is_anomaly"], "anomaly_type"].astype(str),
+        severity="major",
+        description="recorded label",
+    )
+    report = dict(report, labelled=labelled, endpoints=len(eps))
+    return SimulatedData(samples=samples, incidents=incidents, endpoints=pd.DataFrame(eps), labels=labels.reset_index(drop=True)), report
