@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ocad_detectors.registry import ModelRegistry
 from ocad_pipeline.datasets import SplitConfig
 
 DEFAULT_DATA_DIR = os.environ.get("OCAD_DATA_DIR", "data")
@@ -52,3 +53,14 @@ class DatasetSettings(dg.ConfigurableResource):
             cusum_k=self.cusum_k,
             train_days=self.train_days,
         )
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The file-system model registry (``ocad_detectors.registry``) the training assets write
+    versions to; ``root`` defaults to ``<data dir>/models``. The first version of a model is
+    promoted to production automatically; later ones stay candidates until promoted."""
+
+    root: str = os.path.join(DEFAULT_DATA_DIR, "models")
+
+    def get_registry(self) -> ModelRegistry:
+        return ModelRegistry(self.root)

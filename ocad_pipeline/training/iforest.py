@@ -1,0 +1,361 @@
+"""Isolation Forest training per capability group, with k-fold CV and threshold calibration.
+
+Endpoints support different signals, so ``multivariate_splits`` rows are grouped by their
+``capabilities`` key (e.g. ``ecpri+lbm+udp_echo``) and each group gets its own scaler and
+forest over ``model_feature_names(caps)`` (NaN -> 0 σ via ``model_matrix``).
+
+Per group:
+
+* **training data**: normal training rows only (``~window_anomalous``: no labelled anomaly
+  anywhere in the feature window);
+* **scaler**: mean/std per feature over those rows (a constant feature gets std 1);
+* **model**: ``sklearn.ensemble.IsolationForest`` on the scaled matrix; the anomaly score is
+  ``-score_samples(scaled X)`` (higher = more anomalous), "anomalous" means ``score > threshold``;
+* **cross-validation**: k folds (shuffled with the seed) of the normal training rows; each
+  fold refits scaler + forest on the other folds and scores the held-out fold and the whole
+  validation split. Reported per fold and as mean/std across folds: held-out score mean and
+  99th percentile, the share of held-out rows above the final threshold, validation ROC-AUC,
+  and the Spearman rank correlation of the fold model's validation scores with the final
+  model's (score stability);
+* **threshold**, calibrated on the validation split only: the threshold maximizing point-wise
+  F1 against ``is_anomaly`` when the group's validation rows contain anomalies (strategy
+  ``"f1"``), else — or with strategy ``"quantile"`` — the ``threshold_quantile`` quantile of
+  the scores of normal validation rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+
+from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names, model_matrix
+from ocad_detectors.registry import save_arrays
+from ocad_pipeline.models.iforest_export import export_isolation_forest
+from ocad_pipeline.training import json_safe
+from ocad_pipeline.training.metrics import best_f1_threshold, classification_metrics, roc_auc
+
+__all__ = [
+    "IsolationForestParams",
+    "FeatureScaler",
+    "GroupModel",
+    "IsolationForestTrainResult",
+    "MODEL_NAME",
+    "FOREST_FILE",
+    "group_matrix",
+    "fit_group",
+    "train_isolation_forest",
+    "iforest_version_payload",
+    "reference_stats_records",
+]
+
+MODEL_NAME = "isolation_forest"
+FOREST_FILE = "forest.safetensors"
+#: groups with fewer normal training rows than this are skipped (with a reason in the result)
+MIN_TRAIN_ROWS = 20
+
+
+@dataclass(frozen=True)
+class IsolationForestParams:
+    """Hyperparameters of the Isolation Forest training (the Dagster config maps onto this)."""
+
+    n_estimators: int = 200
+    #: "auto" (= min(256, n)) or a number of rows per tree
+    max_samples: str | int = "auto"
+    max_features: float = 1.0
+    #: "f1": maximize F1 on validation labels (quantile fallback without anomalies); "quantile"
+    threshold_strategy: str = "f1"
+    threshold_quantile: float = 0.99
+    cv_folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_estimators < 1:
+            raise ValueError("n_estimators must be >= 1")
+        if isinstance(self.max_samples, str):
+            if self.max_samples != "auto":
+                raise ValueError(f"max_samples must be 'auto' or a positive integer, got {self.max_samples!r}")
+        elif int(self.max_samples) < 2:
+            raise ValueError("max_samples must be >= 2")
+        if not 0.0 < self.max_features <= 1.0:
+            raise ValueError("max_features must be in (0, 1]")
+        if self.threshold_strategy not in ("f1", "quantile"):
+            raise ValueError(f"threshold_strategy must be 'f1' or 'quantile', got {self.threshold_strategy!r}")
+        if not 0.0 < self.threshold_quantile < 1.0:
+            raise ValueError("threshold_quantile must be in (0, 1)")
+        if self.cv_folds < 2:
+            raise ValueError("cv_folds must be >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def forest(self, n_rows: int, seed: int | None = None) -> IsolationForest:
+        max_samples = self.max_samples if isinstance(self.max_samples, str) else min(int(self.max_samples), n_rows)
+        return IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=max_samples,
+            max_features=self.max_features,
+            random_state=self.seed if seed is None else seed,
+            n_jobs=1,
+        )
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Per-feature ``(x - mean) / std``, fitted on normal training rows."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> FeatureScaler:
+        X = np.asarray(X, dtype=np.float64)
+        mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        return cls(mean=mean, std=np.where(std > 0, std, 1.0))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) - self.mean) / self.std
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+
+def group_matrix(df: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The model's (n, d) feature matrix of a multivariate table (NaN -> 0 σ)."""
+    return model_matrix({c: df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in names}, names)
+
+
+@dataclass
+class GroupModel:
+    """Scaler + forest of one capability group, with its threshold, CV and validation report."""
+
+    group: str
+    features: list[str]
+    scaler: FeatureScaler
+    forest: IsolationForest
+    threshold: float
+    threshold_method: str
+    n_train: int
+    cv: dict[str, Any]
+    validation: dict[str, Any]
+    train_seconds: float
+    #: the same metrics on the test split (reported only; nothing is calibrated on it)
+    test: dict[str, Any] = field(default_factory=dict)
+
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
+        """``-score_samples`` of the scaled features (higher = more anomalous)."""
+        return -self.forest.score_samples(self.scaler.transform(X))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return export_isolation_forest(self.forest)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "scaler": self.scaler.to_dict(),
+            "threshold": float(self.threshold),
+            "threshold_method": self.threshold_method,
+            "n_train": int(self.n_train),
+            "cv": self.cv,
+        }
+
+
+def _fit(X: np.ndarray, params: IsolationForestParams, seed: int | None = None) -> tuple[FeatureScaler, IsolationForest]:
+    scaler = FeatureScaler.fit(X)
+    forest = params.forest(len(X), seed).fit(scaler.transform(X))
+    return scaler, forest
+
+
+def _calibrate(val_scores: np.ndarray, val_labels: np.ndarray, params: IsolationForestParams) -> tuple[float, str]:
+    normal_scores = val_scores[~val_labels]
+    if params.threshold_strategy == "f1" and val_labels.any() and (~val_labels).any():
+        thr, f1 = best_f1_threshold(val_labels, val_scores)
+        return thr, f"max F1 on validation labels (F1={f1:.3f})"
+    ref = normal_scores if normal_scores.size else val_scores
+    thr = float(np.quantile(ref, params.threshold_quantile))
+    why = "no anomalies in validation" if params.threshold_strategy == "f1" else "configured"
+    return thr, f"{params.threshold_quantile:.0%} quantile of normal validation scores ({why})"
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2:
+        return math.nan
+    ra = pd.Series(a).rank().to_numpy()
+    rb = pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def fit_group(
+    group: str, train: pd.DataFrame, val: pd.DataFrame, params: IsolationForestParams
+) -> GroupModel:
+    """Fit, cross-validate and calibrate one capability group (``train``/``val`` hold only its rows)."""
+    t0 = time.perf_counter()
+    names = model_feature_names(group.split("+"))
+    normal = ~train["window_anomalous"].to_numpy(dtype=bool)
+    X = group_matrix(train.loc[normal], names)
+    if len(X) < max(MIN_TRAIN_ROWS, params.cv_folds):
+        raise ValueError(f"capability group {group!r}: only {len(X)} normal training rows (need {MIN_TRAIN_ROWS})")
+    Xv = group_matrix(val, names)
+    yv = val["is_anomaly"].to_numpy(dtype=bool)
+
+    scaler, forest = _fit(X, params)
+    val_scores = -forest.score_samples(scaler.transform(Xv)) if len(Xv) else np.empty(0)
+    if len(Xv):
+        threshold, method = _calibrate(val_scores, yv, params)
+    else:  # no validation rows: fall back to the training scores (documented in the method)
+        train_scores = -forest.score_samples(scaler.transform(X))
+        threshold = float(np.quantile(train_scores, params.threshold_quantile))
+        method = f"{params.threshold_quantile:.0%} quantile of normal training scores (no validation rows)"
+
+    # k-fold CV over the normal training rows, shuffled with the seed
+    rng = np.random.default_rng(params.seed)
+    folds = np.array_split(rng.permutation(len(X)), params.cv_folds)
+    per_fold = []
+    for k, held in enumerate(folds):
+        fit_idx = np.setdiff1d(np.arange(len(X)), held, assume_unique=True)
+        f_scaler, f_forest = _fit(X[fit_idx], params, seed=params.seed + k + 1)
+        held_scores = -f_forest.score_samples(f_scaler.transform(X[held]))
+        fold: dict[str, Any] = {
+            "fold": k,
+            "n_fit": int(len(fit_idx)),
+            "n_held_out": int(len(held)),
+            "held_out_score_mean": float(held_scores.mean()),
+            "held_out_score_p99": float(np.quantile(held_scores, 0.99)),
+            "held_out_above_threshold": float(np.mean(held_scores > threshold)),
+        }
+        if len(Xv):
+            fv = -f_forest.score_samples(f_scaler.transform(Xv))
+            fold["val_roc_auc"] = roc_auc(yv, fv)
+            fold["val_rank_corr_with_final"] = _spearman(fv, val_scores)
+        per_fold.append(fold)
+    keys = [k for k in per_fold[0] if k not in ("fold", "n_fit", "n_held_out")]
+    cv = {
+        "folds": params.cv_folds,
+        "shuffle_seed": params.seed,
+        "per_fold": per_fold,
+        "summary": {k: _summary([f[k] for f in per_fold]) for k in keys},
+    }
+    validation = classification_metrics(yv, val_scores, threshold) if len(Xv) else {"n": 0}
+    return GroupModel(
+        group=group,
+        features=names,
+        scaler=scaler,
+        forest=forest,
+        threshold=threshold,
+        threshold_method=method,
+        n_train=int(len(X)),
+        cv=cv,
+        validation=validation,
+        train_seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass
+class IsolationForestTrainResult:
+    params: IsolationForestParams
+    groups: dict[str, GroupModel]
+    skipped: dict[str, str] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every group's exported forest, keys prefixed ``"{group}/"``."""
+        out: dict[str, np.ndarray] = {}
+        for g, m in self.groups.items():
+            out.update({f"{g}/{k}": v for k, v in m.arrays().items()})
+        return out
+
+
+def train_isolation_forest(
+    splits: Mapping[str, pd.DataFrame], params: IsolationForestParams, log=None
+) -> IsolationForestTrainResult:
+    """One :class:`GroupModel` per capability group found in the training split."""
+    t0 = time.perf_counter()
+    train, val = splits["train"], splits["val"]
+    test = splits.get("test")
+    groups: dict[str, GroupModel] = {}
+    skipped: dict[str, str] = {}
+    for g in sorted(train["capabilities"].astype(str).unique()):
+        try:
+            m = fit_group(g, train[train["capabilities"] == g], val[val["capabilities"] == g], params)
+        except ValueError as exc:
+            skipped[g] = str(exc)
+            if log is not None:
+                log(f"isolation_forest: skipping {g}: {exc}")
+            continue
+        if test is not None:
+            rows = test[test["capabilities"] == g]
+            if len(rows):
+                scores = m.anomaly_score(group_matrix(rows, m.features))
+                m.test = classification_metrics(rows["is_anomaly"].to_numpy(dtype=bool), scores, m.threshold)
+        groups[g] = m
+        if log is not None:
+            v = m.validation
+            log(
+                f"isolation_forest {g}: {m.n_train} normal training rows, threshold={m.threshold:.4f} ({m.threshold_method}), "
+                f"val precision={v.get('precision', math.nan):.3f} recall={v.get('recall', math.nan):.3f} "
+                f"f1={v.get('f1', math.nan):.3f} roc_auc={v.get('roc_auc', math.nan):.3f}, {m.train_seconds:.1f}s"
+            )
+    if not groups:
+        raise ValueError(f"no capability group could be trained: {skipped}")
+    return IsolationForestTrainResult(params, groups, skipped, time.perf_counter() - t0)
+
+
+def reference_stats_records(stats: pd.DataFrame) -> list[dict[str, Any]]:
+    """The reference_stats table as ``[{endpoint_id, signal, mean, std}]`` (validated by
+    ``ReferenceStats.from_records``)."""
+    rows = [
+        {"endpoint_id": str(r.endpoint_id), "signal": str(r.signal), "mean": float(r.mean), "std": float(r.std)}
+        for r in stats.itertuples(index=False)
+    ]
+    ReferenceStats.from_records(rows)  # raises on a non-finite or non-positive std
+    return rows
+
+
+def iforest_version_payload(
+    result: IsolationForestTrainResult,
+    feature_config: FeatureConfig,
+    reference_stats: pd.DataFrame,
+    provenance: Mapping[str, Any],
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """``(files, metadata)`` for ``ModelRegistry.write_version`` (the model artifact contract)."""
+    metadata: dict[str, Any] = {
+        "kind": "isolation_forest",
+        "feature_config": feature_config.to_dict(),
+        "groups": {g: m.metadata() for g, m in result.groups.items()},
+        "score": "-score_samples((x - scaler.mean) / scaler.std); anomalous when score > threshold",
+        "threshold_calibration": (
+            "validation split only: threshold maximizing point-wise F1 against is_anomaly when the group's "
+            "validation rows contain anomalies, else the threshold_quantile of normal validation scores"
+            if result.params.threshold_strategy == "f1"
+            else "validation split only: threshold_quantile of normal validation scores"
+        ),
+        "reference_stats": reference_stats_records(reference_stats),
+        "training_date": provenance["training_date"],
+        "config": result.params.to_dict(),
+        "hyperparameters_source": provenance.get("hyperparameters_source", "defaults"),
+        "data_version": provenance["data_version"],
+        "dagster_run_id": provenance["dagster_run_id"],
+        "code_version": provenance["code_version"],
+        "validation_metrics": {g: m.validation for g, m in result.groups.items()},
+        "test_metrics": {g: m.test for g, m in result.groups.items()},
+        "cv": {g: m.cv for g, m in result.groups.items()},
+        "skipped_groups": dict(result.skipped),
+    }
+    return {FOREST_FILE: save_arrays(result.arrays())}, json_safe(metadata)
