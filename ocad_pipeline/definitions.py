@@ -6,16 +6,14 @@ import dagster as dg
 
 from ocad_pipeline.assets import data, datasets, models
 from ocad_pipeline.io_managers import TableSetIOManager
+from ocad_pipeline.jobs import build_jobs, build_weekly_schedule
 from ocad_pipeline.resources import DEFAULT_DATA_DIR, DatasetSettings, ModelRegistryResource, OcadPaths
 
-ALL_ASSETS = dg.load_assets_from_modules([data, datasets, models])
+ASSET_MODULES = [data, datasets, models]
+ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 
-#: the main job: materialize everything, from raw metrics to the latest artefacts
-ocad_pipeline_job = dg.define_asset_job(
-    "ocad_pipeline_job",
-    selection=dg.AssetSelection.all(),
-    description="Materialize every OCAD asset: raw metrics -> validated splits (-> models -> reports as they exist).",
-)
+ocad_pipeline_job, weekly_retraining_job = build_jobs()
+weekly_retraining_schedule = build_weekly_schedule(weekly_retraining_job)
 
 
 def build_resources(data_dir: str = DEFAULT_DATA_DIR) -> dict[str, object]:
@@ -28,4 +26,9 @@ def build_resources(data_dir: str = DEFAULT_DATA_DIR) -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, jobs=[ocad_pipeline_job], resources=build_resources())
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    jobs=[ocad_pipeline_job, weekly_retraining_job],
+    schedules=[weekly_retraining_schedule],
+    resources=build_resources(),
+)
