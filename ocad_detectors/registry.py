@@ -441,6 +441,35 @@ class ModelRegistry:
 
     # ---------------------------------------------------------------- reading
 
+    # ---------------------------------------------------------------- reports
+
+    def write_report(self, model_name: str, version: str, name: str, data: bytes) -> Path:
+        """Attach a derived report (e.g. ``performance_report.json``) to an existing version.
+
+        Reports live in ``<version>/reports/``; they are not model files, are not listed in
+        metadata.json and never change what :meth:`load_version` verifies or returns, so the
+        version's model files stay immutable. Written aside and renamed (atomic).
+        """
+        vdir = self.version_dir(model_name, version)
+        if not (vdir / METADATA_FILE).is_file():
+            raise ModelNotFoundError(f"{model_name} {version} not found: no {vdir / METADATA_FILE}")
+        _check_name("report name", name)
+        rdir = vdir / "reports"
+        rdir.mkdir(exist_ok=True)
+        path = rdir / name
+        tmp = rdir / f".{name}.tmp-{uuid.uuid4().hex}"
+        try:
+            _write_file(tmp, data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def read_report(self, model_name: str, version: str, name: str) -> bytes | None:
+        """A report attached with :meth:`write_report`, or None."""
+        path = self.version_dir(model_name, version) / "reports" / _check_name("report name", name)
+        return path.read_bytes() if path.is_file() else None
+
     def list_models(self) -> list[str]:
         """Names of all models that have an index, sorted."""
         if not self.root.is_dir():
