@@ -1,0 +1,191 @@
+"""``ocad-detect``: run the online detectors over a recorded CSV or Parquet file.
+
+Examples::
+
+    ocad-detect samples.parquet --alerts alerts.jsonl --scores scores.parquet
+    ocad-detect probes_long.csv --format long --config config/detection.yaml
+    ocad-detect samples.csv --model-dir /srv/ocad/models --progress > alerts.jsonl
+
+Input: *wide* (timestamp, endpoint_id, one column per signal: udp_echo_rtt_ms, ecpri_ow_us,
+lbm_rtt_ms, lbm_success) or *long* (timestamp, endpoint_id, metric_name, value). Timestamps are
+epoch milliseconds (numbers below 1e11 are read as seconds) or ISO 8601 text. Rows are scored
+in file order; bad rows become ``invalid`` results and are counted, they never stop the run.
+
+Output: alerts as JSON lines (``--alerts``, default stdout), per-sample scores as Parquet
+(``--scores``), and a summary table on stderr. Exit codes: 0 done (alerts or not), 2 bad
+usage, unreadable input or configuration (one ``error: ...`` line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["build_parser", "main"]
+
+_EXAMPLES = (__doc__ or "").split("Examples::\n", 1)[-1].split("\nInput:", 1)[0].strip("\n")
+#: below this many samples no progress bar is shown unless --progress asks for one
+_LONG_FILE = 50_000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ocad-detect",
+        description="Score recorded CFM-lite samples with the OCAD detectors (rules, CUSUM, TCN residual, "
+        "Isolation Forest) using the production models of the registry; write alerts and per-sample scores.",
+        epilog="examples:\n" + _EXAMPLES + "\n\nModel directory precedence: --model-dir > $OCAD_MODEL_DIR > "
+        "detection.model_path in --config > data/models. A missing or corrupt model is reported once and "
+        "the remaining detectors keep working.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="samples file (.csv or .parquet)")
+    p.add_argument("--config", type=Path, help="detection YAML (see config/detection.example.yaml); default: built-in defaults")
+    p.add_argument("--model-dir", type=Path, help="model registry root (overrides config and $OCAD_MODEL_DIR)")
+    p.add_argument("--format", choices=("auto", "wide", "long"), default="auto", help="input layout (default: auto-detect)")
+    p.add_argument("--alerts", default="-", metavar="PATH", help="alerts as JSON lines; '-' = stdout (default)")
+    p.add_argument("--scores", type=Path, metavar="PATH", help="per-sample scores as Parquet (.csv also accepted)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", help="always show a progress bar on stderr")
+    bar.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--top", type=int, default=20, metavar="N", help="endpoints listed in the summary (default 20)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary table, only warnings")
+    p.add_argument("-v", "--verbose", action="store_true", help="log model loading and reloads")
+    return p
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+class _Progress:
+    """tqdm bar fed with cumulative counts; a no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        self.done = 0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="sample", unit_scale=True, file=sys.stderr, desc="scoring", leave=False)
+            except ImportError:  # pragma: no cover - tqdm is a dependency, but stay usable without it
+                self.bar = None
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None and done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary(result: Any, elapsed_s: float, versions: dict[str, str | None], top: int = 20) -> str:
+    """The end-of-run table: sample statuses, alerts by severity, busiest endpoints, models."""
+    n = len(result)
+    status = Counter(str(s) for s in result.status.tolist())
+    sev = Counter(a.severity for a in result.alerts)
+    eps = Counter(a.endpoint_id for a in result.alerts)
+    endpoints = {e for e in result.endpoint_id if e is not None}
+    rate = f"{n / elapsed_s:,.0f}/s" if elapsed_s > 0 else "-"
+    rows = [
+        ("samples", f"{n:,}"),
+        ("  ok", f"{status.get('ok', 0):,}"),
+        ("  invalid", f"{status.get('invalid', 0):,}"),
+        ("  duplicate", f"{status.get('duplicate', 0):,}"),
+        ("  out_of_order", f"{status.get('out_of_order', 0):,}"),
+    ]
+    if status.get("error"):
+        rows.append(("  error", f"{status['error']:,}"))
+    rows += [
+        ("endpoints", f"{len(endpoints):,}"),
+        ("alerts", f"{len(result.alerts):,}"),
+        ("  critical", f"{sev.get('critical', 0):,}"),
+        ("  major", f"{sev.get('major', 0):,}"),
+        ("  warning", f"{sev.get('warning', 0):,}"),
+        ("scoring time", f"{elapsed_s:.2f} s ({rate})"),
+    ]
+    out = ["OCAD detection summary", _table(("what", "count"), rows)]
+    if eps:
+        per = []
+        for ep, cnt in eps.most_common(top):
+            s = Counter(a.severity for a in result.alerts if a.endpoint_id == ep)
+            per.append((ep, cnt, s.get("critical", 0), s.get("major", 0), s.get("warning", 0)))
+        out += ["", "alerts per endpoint" + (f" (top {top} of {len(eps)})" if len(eps) > top else ""),
+                _table(("endpoint", "alerts", "critical", "major", "warning"), per)]
+    out += ["", "models", _table(("model", "version"), [(k, v or "not loaded") for k, v in versions.items()])]
+    return "\n".join(out)
+
+
+def _write_alerts(alerts: list[Any], dest: str, stdout: TextIO) -> None:
+    lines = (json.dumps(a.to_dict(), ensure_ascii=False) + "\n" for a in alerts)
+    if dest == "-":
+        stdout.writelines(lines)
+        stdout.flush()
+        return
+    with open(dest, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=err)
+
+    from ocad_detectors.config import DetectionConfig, load_config
+    from ocad_detectors.pipeline import DetectionPipeline
+    from ocad_detectors.samples import read_samples
+
+    try:
+        config = load_config(args.config) if args.config else DetectionConfig()
+        frame = read_samples(args.input, args.format)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=err)
+        return 2
+    except Exception as e:
+        print(f"error: cannot read {args.input}: {type(e).__name__}: {e}", file=err)
+        return 2
+    pipe = DetectionPipeline(config, args.model_dir)
+    show = not args.no_progress and (args.progress or (err.isatty() and len(frame) >= _LONG_FILE))
+    bar = _Progress(len(frame), show)
+    t0 = time.perf_counter()
+    try:
+        result = pipe.score_frame(frame, progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    try:
+        _write_alerts(result.alerts, args.alerts, out)
+        if args.scores is not None:
+            df = result.to_frame()
+            args.scores.parent.mkdir(parents=True, exist_ok=True)
+            if args.scores.suffix.lower() == ".csv":
+                df.to_csv(args.scores, index=False)
+            else:
+                df.to_parquet(args.scores, index=False)
+    except OSError as e:
+        print(f"error: {e}", file=err)
+        return 2
+    if not args.quiet:
+        print(summary(result, elapsed, pipe.model_versions, args.top), file=err)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

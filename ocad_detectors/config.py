@@ -1,0 +1,442 @@
+"""Detection configuration: dataclasses with defaults, loaded from YAML (``detection:`` section).
+
+Every threshold carries its unit in the key or the docstring: rule thresholds are in the
+signal's own unit (ms or µs), CUSUM ``k``/``h`` and the residual threshold are in σ of the
+training reference, loss run lengths are in samples, alert times are sample-timestamp
+milliseconds. Unknown keys are errors (a typo must not silently fall back to a default).
+
+The seed's keys are honoured: ``detection.residual.use_pretrained_models`` and
+``detection.residual.model_path`` (``false`` disables the TCN residual detector: this package
+never trains online). See ``config/detection.example.yaml`` for every key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ocad_detectors.features import ReferenceStats, capability_key
+from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
+
+__all__ = [
+    "DETECTORS",
+    "EVIDENCE_TYPES",
+    "SEVERITIES",
+    "AlertConfig",
+    "ChangePointConfig",
+    "DetectionConfig",
+    "FusionConfig",
+    "MultivariateConfig",
+    "ReloadConfig",
+    "ResidualConfig",
+    "RuleConfig",
+    "SignalThreshold",
+    "load_config",
+]
+
+#: detector names, in the fixed order used for scores and fusion
+DETECTORS: tuple[str, ...] = ("rule", "changepoint", "residual", "multivariate")
+#: evidence types an alert can cite (the rule detector yields two: threshold and loss)
+EVIDENCE_TYPES: tuple[str, ...] = ("threshold", "loss", "changepoint", "residual", "multivariate")
+#: alert severities, lowest first
+SEVERITIES: tuple[str, ...] = ("warning", "major", "critical")
+
+ENV_MODEL_DIR = "OCAD_MODEL_DIR"
+DEFAULT_MODEL_DIR = "data/models"
+
+
+def _check_keys(section: str, d: Mapping[str, Any], allowed: list[str]) -> None:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{section}: expected a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _num(section: str, key: str, v: Any, *, lo: float | None = None, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{section}.{key}: expected a number, got {v!r}")
+    f = float(v)
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ValueError(f"{section}.{key}: must be finite, got {v!r}")
+    if positive and f <= 0:
+        raise ValueError(f"{section}.{key}: must be > 0, got {v!r}")
+    if lo is not None and f < lo:
+        raise ValueError(f"{section}.{key}: must be >= {lo}, got {v!r}")
+    return f
+
+
+def _int(section: str, key: str, v: Any, *, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{section}.{key}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _bool(section: str, key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{section}.{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _from(cls: type, section: str, d: Mapping[str, Any] | None) -> Any:
+    """Build a flat dataclass from a mapping; values are checked in ``__post_init__``."""
+    if d is None:
+        return cls()
+    names = [f.name for f in fields(cls)]
+    _check_keys(section, d, names)
+    return cls(**dict(d))
+
+
+@dataclass(frozen=True)
+class SignalThreshold:
+    """Rule levels for one delay signal, in that signal's own unit."""
+
+    warning: float
+    critical: float
+
+    def __post_init__(self) -> None:
+        _num("threshold", "warning", self.warning, positive=True)
+        _num("threshold", "critical", self.critical, positive=True)
+        if self.critical <= self.warning:
+            raise ValueError(f"threshold: critical ({self.critical}) must be above warning ({self.warning})")
+
+
+def _default_thresholds() -> dict[str, SignalThreshold]:
+    # healthy fronthaul: UDP echo 2-8 ms, eCPRI one-way 50-200 µs, LBM 1.5-15 ms (DOMAIN.md)
+    return {
+        "udp_echo_rtt_ms": SignalThreshold(15.0, 50.0),
+        "ecpri_ow_us": SignalThreshold(400.0, 1000.0),
+        "lbm_rtt_ms": SignalThreshold(25.0, 100.0),
+    }
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Fixed thresholds in signal units and loss run lengths in samples."""
+
+    enabled: bool = True
+    thresholds: Mapping[str, SignalThreshold] = field(default_factory=_default_thresholds)
+    #: consecutive lost replies of one probe type that make loss evidence (warning) ...
+    loss_run_warning: int = 3
+    #: ... and that make the rule score 1 (with 5 s probes: one minute)
+    loss_run_critical: int = 12
+
+    def __post_init__(self) -> None:
+        _bool("rules", "enabled", self.enabled)
+        bad = [s for s in self.thresholds if s not in VALUE_SIGNALS]
+        if bad:
+            raise ValueError(f"rules.thresholds: unknown signal(s) {bad}; known: {list(VALUE_SIGNALS)}")
+        _int("rules", "loss_run_warning", self.loss_run_warning, lo=1)
+        _int("rules", "loss_run_critical", self.loss_run_critical, lo=1)
+        if self.loss_run_critical <= self.loss_run_warning:
+            raise ValueError("rules.loss_run_critical must be above rules.loss_run_warning")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RuleConfig:
+        if d is None:
+            return cls()
+        _check_keys("rules", d, ["enabled", "thresholds", "loss_run_warning", "loss_run_critical"])
+        kw = dict(d)
+        if "thresholds" in kw:
+            th = kw["thresholds"]
+            _check_keys("rules.thresholds", th, list(VALUE_SIGNALS))
+            merged = dict(_default_thresholds())
+            for sig, v in th.items():
+                if v is None:  # explicit null: no rule for this signal
+                    merged.pop(sig, None)
+                    continue
+                _check_keys(f"rules.thresholds.{sig}", v, ["warning", "critical"])
+                try:
+                    merged[sig] = SignalThreshold(float(v["warning"]), float(v["critical"]))
+                except KeyError as e:
+                    raise ValueError(f"rules.thresholds.{sig}: missing {e.args[0]!r} ({SIGNALS[sig].unit})") from None
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"rules.thresholds.{sig}: {e}") from None
+            kw["thresholds"] = merged
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class ChangePointConfig:
+    """One-sided upper CUSUM on z = (x - μ_ref) / σ_ref; k, h and the clamp in σ.
+
+    Defaults come from the simulator's healthy data: its noise is autocorrelated and has a
+    daily load cycle, so z stays near +1 for hours and a textbook k = 0.5 saturates on pure
+    noise. k = 2.5 is half of the smallest shift worth an alarm (5 σ); with it, the largest
+    healthy statistic over 36 series x 22 h was 13 σ, so h = 20 σ does not fire on healthy noise.
+    """
+
+    enabled: bool = True
+    k: float = 2.5
+    h: float = 20.0
+    #: the statistic is capped at clamp x h so it falls below h within a few samples of recovery
+    clamp: float = 2.0
+    #: operator-provided reference statistics (they win over the models'): a list of records
+    #: ``{endpoint_id ('*' = pooled), signal, mean, std}`` or the path of a JSON file holding one.
+    #: Lets CUSUM run when no model is available at all.
+    reference: str | tuple[Mapping[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        _bool("changepoint", "enabled", self.enabled)
+        _num("changepoint", "k", self.k, lo=0.0)
+        _num("changepoint", "h", self.h, positive=True)
+        _num("changepoint", "clamp", self.clamp, lo=1.0)
+        if isinstance(self.reference, list):
+            object.__setattr__(self, "reference", tuple(self.reference))
+        if self.reference is not None and not isinstance(self.reference, (str, tuple)):
+            raise ValueError(f"changepoint.reference: expected a list of records or a JSON path, got {self.reference!r}")
+        self.reference_stats()  # fail early on bad records
+
+    def reference_stats(self) -> ReferenceStats | None:
+        """The configured reference statistics, or None."""
+        if self.reference is None:
+            return None
+        rows: Any = self.reference
+        if isinstance(rows, str):
+            import json
+
+            try:
+                rows = json.loads(Path(rows).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"changepoint.reference: cannot read {rows}: {e}") from None
+        try:
+            return ReferenceStats.from_records(rows)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"changepoint.reference: bad record ({e}); need endpoint_id, signal, mean, std") from None
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """TCN forecast residuals |x - x̂| / residual scale (σ of the training residual)."""
+
+    enabled: bool = True
+    use_pretrained_models: bool = True
+    #: registry root for the TCNs only (seed key); default: ``DetectionConfig.model_path``
+    model_path: str | None = None
+    threshold: float = 5.0
+    #: ``per_endpoint`` (fall back to pooled for unknown endpoints) or ``pooled``
+    scale: str = "per_endpoint"
+
+    def __post_init__(self) -> None:
+        _bool("residual", "enabled", self.enabled)
+        _bool("residual", "use_pretrained_models", self.use_pretrained_models)
+        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
+            raise ValueError(f"residual.model_path: expected a path, got {self.model_path!r}")
+        _num("residual", "threshold", self.threshold, positive=True)
+        if self.scale not in ("per_endpoint", "pooled"):
+            raise ValueError(f"residual.scale: expected per_endpoint or pooled, got {self.scale!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.use_pretrained_models
+
+
+@dataclass(frozen=True)
+class MultivariateConfig:
+    """Isolation Forest on the shared features; the threshold defaults to the model's own."""
+
+    enabled: bool = True
+    use_pretrained_models: bool = True
+    model_path: str | None = None
+    #: anomaly score (-score_samples) above which the sample is evidence; None = from the model
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        _bool("multivariate", "enabled", self.enabled)
+        _bool("multivariate", "use_pretrained_models", self.use_pretrained_models)
+        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
+            raise ValueError(f"multivariate.model_path: expected a path, got {self.model_path!r}")
+        if self.threshold is not None:
+            _num("multivariate", "threshold", self.threshold, positive=True)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.use_pretrained_models
+
+
+def _default_weights() -> dict[str, float]:
+    return {"rule": 1.0, "changepoint": 0.6, "residual": 0.5, "multivariate": 0.6}
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How per-detector scores (each in [0, 1]) become the composite in [0, 1].
+
+    ``noisy_or`` (default): ``1 - Π(1 - w_i s_i)`` with weights in [0, 1]; one strong detector
+    can carry the composite alone and agreeing detectors add up. ``weighted_mean``:
+    ``Σ w_i s_i / Σ w_i`` over the detectors that are running (a missing model does not drag
+    the composite down).
+    """
+
+    method: str = "noisy_or"
+    weights: Mapping[str, float] = field(default_factory=_default_weights)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("noisy_or", "weighted_mean"):
+            raise ValueError(f"fusion.method: expected noisy_or or weighted_mean, got {self.method!r}")
+        _check_keys("fusion.weights", self.weights, list(DETECTORS))
+        for k, v in self.weights.items():
+            _num("fusion.weights", k, v, lo=0.0)
+            if self.method == "noisy_or" and v > 1.0:
+                raise ValueError(f"fusion.weights.{k}: noisy_or weights must be in [0, 1], got {v}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> FusionConfig:
+        if d is None:
+            return cls()
+        _check_keys("fusion", d, ["method", "weights"])
+        kw = dict(d)
+        if "weights" in kw:
+            _check_keys("fusion.weights", kw["weights"], list(DETECTORS))
+            kw["weights"] = {**_default_weights(), **{k: float(v) for k, v in kw["weights"].items()}}
+        return cls(**kw)
+
+    def weight(self, detector: str) -> float:
+        return float(self.weights.get(detector, 0.0))
+
+
+def _default_severity() -> dict[str, float]:
+    return {"major": 0.6, "critical": 0.85}
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """When evidence becomes an alert. All times are sample-timestamp milliseconds.
+
+    An alert needs at least ``min_evidence`` distinct evidence types, or one of the
+    ``standalone_evidence`` types: by default a threshold violation or a loss run alerts on its
+    own (an operator wants to hear about a 40 ms echo or a dead loopback even if no model
+    agrees), while the statistical detectors (CUSUM, residual, Isolation Forest) must agree in
+    pairs, which keeps their individual false alarms out of the pager.
+    """
+
+    min_evidence: int = 2
+    standalone_evidence: tuple[str, ...] = ("threshold", "loss")
+    #: composite at or above which the alert is major / critical (below: warning)
+    severity: Mapping[str, float] = field(default_factory=_default_severity)
+    #: the alert condition must hold this long (sample time) before the first alert
+    hold_down_ms: int = 0
+    #: an open episode absorbs further alerts of the endpoint until it has been quiet this long
+    dedup_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        _int("alerts", "min_evidence", self.min_evidence, lo=1)
+        object.__setattr__(self, "standalone_evidence", tuple(self.standalone_evidence))
+        bad = [e for e in self.standalone_evidence if e not in EVIDENCE_TYPES]
+        if bad:
+            raise ValueError(f"alerts.standalone_evidence: unknown evidence type(s) {bad}; known: {list(EVIDENCE_TYPES)}")
+        _check_keys("alerts.severity", self.severity, ["major", "critical"])
+        sev = {**_default_severity(), **dict(self.severity)}
+        for k, v in sev.items():
+            _num("alerts.severity", k, v, lo=0.0)
+        if not 0.0 <= sev["major"] <= sev["critical"] <= 1.0:
+            raise ValueError(f"alerts.severity: need 0 <= major <= critical <= 1, got {sev}")
+        object.__setattr__(self, "severity", sev)
+        _int("alerts", "hold_down_ms", self.hold_down_ms)
+        _int("alerts", "dedup_ms", self.dedup_ms)
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Hot reload: look for a newly promoted model version every N processed samples (0 = never)."""
+
+    check_every_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        _int("reload", "check_every_samples", self.check_every_samples)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Everything the online detectors need besides the models themselves."""
+
+    #: registry root; see :meth:`resolve_model_path` for the precedence
+    model_path: str | None = None
+    rules: RuleConfig = field(default_factory=RuleConfig)
+    changepoint: ChangePointConfig = field(default_factory=ChangePointConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    multivariate: MultivariateConfig = field(default_factory=MultivariateConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    #: endpoint_id -> capability key ("ecpri+lbm+udp_echo") for endpoints the models do not know
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        eps = {}
+        for ep, caps in dict(self.endpoints).items():
+            if isinstance(caps, str):
+                caps = caps.replace(",", "+").split("+")
+            try:
+                eps[str(ep)] = capability_key(c.strip() for c in caps)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"endpoints.{ep}: {e}") from None
+        object.__setattr__(self, "endpoints", eps)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DetectionConfig:
+        """From the ``detection`` mapping (or a whole file's mapping that holds ``detection:``)."""
+        if d is None:
+            return cls()
+        if "detection" in d:
+            _check_keys("(top level)", d, ["detection"])
+            d = d["detection"] or {}
+        sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "endpoints"]
+        _check_keys("detection", d, sections)
+        mp = d.get("model_path")
+        if mp is not None and not isinstance(mp, (str, os.PathLike)):
+            raise ValueError(f"detection.model_path: expected a path, got {mp!r}")
+        alerts = d.get("alerts")
+        if alerts is not None and "standalone_evidence" in alerts and alerts["standalone_evidence"] is None:
+            alerts = {**alerts, "standalone_evidence": ()}
+        return cls(
+            model_path=None if mp is None else str(mp),
+            rules=RuleConfig.from_dict(d.get("rules")),
+            changepoint=_from(ChangePointConfig, "changepoint", d.get("changepoint")),
+            residual=_from(ResidualConfig, "residual", d.get("residual")),
+            multivariate=_from(MultivariateConfig, "multivariate", d.get("multivariate")),
+            fusion=FusionConfig.from_dict(d.get("fusion")),
+            alerts=_from(AlertConfig, "alerts", alerts),
+            reload=_from(ReloadConfig, "reload", d.get("reload")),
+            endpoints=dict(d.get("endpoints") or {}),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> DetectionConfig:
+        return load_config(path)
+
+    def resolve_model_path(self, override: str | os.PathLike[str] | None = None, detector: str | None = None) -> Path:
+        """Registry root: explicit argument > detector's own ``model_path`` (seed key) >
+        ``$OCAD_MODEL_DIR`` > ``detection.model_path`` > ``data/models``.
+
+        The environment beats the file so that one config can serve several deployments.
+        """
+        if override is not None:
+            return Path(override)
+        own = {"residual": self.residual.model_path, "multivariate": self.multivariate.model_path}.get(detector or "")
+        if own:
+            return Path(own)
+        env = os.environ.get(ENV_MODEL_DIR)
+        if env:
+            return Path(env)
+        return Path(self.model_path or DEFAULT_MODEL_DIR)
+
+
+def load_config(path: str | os.PathLike[str]) -> DetectionConfig:
+    """Read a YAML file; errors name the file and the offending key."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {p} not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: invalid YAML: {e}") from None
+    try:
+        return DetectionConfig.from_dict(data or {})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{p}: {e}") from None

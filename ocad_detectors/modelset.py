@@ -1,0 +1,293 @@
+"""Load the production models from the registry into ready-to-score numpy objects.
+
+A model that is missing, fails sha256 verification or has unusable contents is reported once
+(``logging`` warning on the ``ocad_detectors`` logger) and left out; the detectors that need
+it then contribute score 0 and no evidence, everything else keeps running. Each artifact's
+layout is the training pipeline's contract (see the README of this package / the issue text):
+
+* ``tcn_<metric>``: ``weights.safetensors`` + metadata ``architecture``, ``scaler``
+  ``{mean, std}`` and ``residual_scale`` ``{pooled, per_endpoint}`` (signal units);
+* ``isolation_forest``: ``forest.safetensors`` with arrays ``"<group>/<name>"`` per capability
+  group + metadata ``feature_config``, ``groups`` ``{features, scaler, threshold}`` and
+  ``reference_stats`` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names
+from ocad_detectors.iforest import NumpyIsolationForest
+from ocad_detectors.registry import INDEX_FILE, ModelRegistry
+from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNAL_METRIC
+from ocad_detectors.tcn import NumpyTCN
+
+__all__ = ["IFOREST_MODEL_NAME", "TCN_MODEL_NAMES", "IFGroup", "IFModel", "ModelLoader", "ModelSet", "TCNModel"]
+
+logger = logging.getLogger("ocad_detectors")
+
+TCN_MODEL_NAMES: dict[str, str] = {m: f"tcn_{m}" for m in METRIC_TYPES}
+IFOREST_MODEL_NAME = "isolation_forest"
+
+
+def _finite_positive(x: Any, what: str) -> float:
+    f = float(x)
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{what} must be a finite positive number, got {x!r}")
+    return f
+
+
+@dataclass(frozen=True)
+class TCNModel:
+    """One metric's forecaster plus what turns its output into a residual in σ."""
+
+    name: str
+    version: str
+    metric: str
+    signal: str
+    net: NumpyTCN
+    mean: float
+    std: float
+    residual_pooled: float
+    residual_per_endpoint: Mapping[str, float]
+    #: the exported arrays and architecture (the streaming path fuses same-shaped TCNs)
+    weights: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    architecture: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return self.net.seq_len
+
+    def residual_scale(self, endpoint_id: str, per_endpoint: bool = True) -> float:
+        if per_endpoint:
+            return self.residual_per_endpoint.get(endpoint_id, self.residual_pooled)
+        return self.residual_pooled
+
+    @classmethod
+    def from_version(cls, name: str, version: str, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> TCNModel:
+        metric = str(metadata.get("metric_type", name.removeprefix("tcn_")))
+        if metric not in METRIC_SIGNAL:
+            raise ValueError(f"metric_type {metric!r} is not one of {list(METRIC_TYPES)}")
+        signal = str(metadata.get("signal", METRIC_SIGNAL[metric]))
+        if signal != METRIC_SIGNAL[metric]:
+            raise ValueError(f"signal {signal!r} does not belong to metric type {metric!r}")
+        if metadata.get("kind", "tcn") != "tcn":
+            raise ValueError(f"kind is {metadata.get('kind')!r}, expected 'tcn'")
+        net = NumpyTCN(arrays, metadata["architecture"])
+        sc = metadata["scaler"]
+        rs = metadata["residual_scale"]
+        per_ep = {str(k): _finite_positive(v, f"residual_scale.per_endpoint[{k}]") for k, v in dict(rs.get("per_endpoint") or {}).items()}
+        return cls(
+            name=name,
+            version=version,
+            metric=metric,
+            signal=signal,
+            net=net,
+            mean=float(sc["mean"]),
+            std=_finite_positive(sc["std"], "scaler.std"),
+            residual_pooled=_finite_positive(rs["pooled"], "residual_scale.pooled"),
+            residual_per_endpoint=per_ep,
+            weights=dict(arrays),
+            architecture=dict(metadata["architecture"]),
+        )
+
+
+@dataclass(frozen=True)
+class IFGroup:
+    """The forest of one capability group, its feature order, scaler and threshold."""
+
+    key: str
+    capabilities: frozenset[str]
+    features: tuple[str, ...]
+    forest: NumpyIsolationForest
+    mean: np.ndarray
+    std: np.ndarray
+    threshold: float
+
+
+@dataclass(frozen=True)
+class IFModel:
+    """All capability groups of one Isolation Forest version and the statistics they assume."""
+
+    name: str
+    version: str
+    feature_config: FeatureConfig
+    groups: Mapping[str, IFGroup]
+    reference: ReferenceStats
+
+    @classmethod
+    def from_version(cls, name: str, version: str, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> IFModel:
+        if metadata.get("kind", "isolation_forest") != "isolation_forest":
+            raise ValueError(f"kind is {metadata.get('kind')!r}, expected 'isolation_forest'")
+        fcfg = FeatureConfig.from_dict(metadata["feature_config"])
+        reference = ReferenceStats.from_records(metadata["reference_stats"])
+        groups: dict[str, IFGroup] = {}
+        for key, spec in dict(metadata["groups"]).items():
+            caps = frozenset(str(key).split("+"))
+            expected = model_feature_names(caps)
+            feats = [str(f) for f in spec["features"]]
+            if feats != expected:
+                raise ValueError(f"group {key!r}: features {feats} differ from the feature engine's {expected}")
+            prefix = f"{key}/"
+            sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            forest = NumpyIsolationForest(sub)
+            if forest.n_features != len(feats):
+                raise ValueError(f"group {key!r}: forest has {forest.n_features} features, metadata lists {len(feats)}")
+            mean = np.asarray(spec["scaler"]["mean"], dtype=np.float64)
+            std = np.asarray(spec["scaler"]["std"], dtype=np.float64)
+            if mean.shape != (len(feats),) or std.shape != (len(feats),):
+                raise ValueError(f"group {key!r}: scaler needs {len(feats)} means and stds")
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+                raise ValueError(f"group {key!r}: scaler must be finite with std > 0")
+            thr = float(spec["threshold"])
+            if not math.isfinite(thr):
+                raise ValueError(f"group {key!r}: threshold must be finite")
+            groups[str(key)] = IFGroup(str(key), caps, tuple(feats), forest, mean, std, thr)
+        if not groups:
+            raise ValueError("no capability groups")
+        return cls(name, version, fcfg, groups, reference)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models one detector generation scores with (immutable: a reload builds a new one)."""
+
+    tcn: Mapping[str, TCNModel] = field(default_factory=dict)
+    iforest: IFModel | None = None
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {name: None for name in (*TCN_MODEL_NAMES.values(), IFOREST_MODEL_NAME)}
+        for m in self.tcn.values():
+            out[m.name] = m.version
+        if self.iforest is not None:
+            out[IFOREST_MODEL_NAME] = self.iforest.version
+        return out
+
+    def reference(self) -> ReferenceStats:
+        """Reference statistics for CUSUM: the Isolation Forest's (per endpoint), with the
+        TCN scalers (training mean/std of all endpoints) as pooled fallback per signal."""
+        ref = ReferenceStats()
+        for m in self.tcn.values():
+            ref.pooled[m.signal] = (m.mean, ReferenceStats.floor_std(m.mean, m.std))
+        if self.iforest is not None:
+            ref.per_endpoint.update(self.iforest.reference.per_endpoint)
+            ref.pooled.update(self.iforest.reference.pooled)
+        return ref
+
+    def known_capabilities(self) -> dict[str, frozenset[str]]:
+        """Capabilities of the endpoints the models were trained on (from reference statistics
+        and per-endpoint residual scales)."""
+        caps: dict[str, set[str]] = {}
+        if self.iforest is not None:
+            for ep, sig in self.iforest.reference.per_endpoint:
+                if sig in SIGNAL_METRIC:
+                    caps.setdefault(ep, set()).add(SIGNAL_METRIC[sig])
+        for m in self.tcn.values():
+            for ep in m.residual_per_endpoint:
+                caps.setdefault(ep, set()).add(m.metric)
+        return {ep: frozenset(c) for ep, c in caps.items()}
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap freed by parsing (file bytes, intermediate arrays) back to the OS.
+
+    glibc keeps freed heap pages mapped, so the one-off peak of loading would otherwise stay
+    in the resident set of a long-running detector; ``malloc_trim`` is a no-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, ImportError):  # not glibc: nothing to do
+        pass
+
+
+class ModelLoader:
+    """Reads production versions from one or two registry roots and warns once per problem."""
+
+    def __init__(self, tcn_root: Path | None, iforest_root: Path | None) -> None:
+        self.tcn_root = tcn_root
+        self.iforest_root = iforest_root
+        self._warned: set[tuple[str, str]] = set()
+
+    def _warn(self, name: str, message: str) -> None:
+        key = (name, message)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("model %s unavailable, detectors that need it are off: %s", name, message)
+
+    def _entries(self) -> list[tuple[str, Path]]:
+        out: list[tuple[str, Path]] = []
+        if self.tcn_root is not None:
+            out += [(n, self.tcn_root) for n in TCN_MODEL_NAMES.values()]
+        if self.iforest_root is not None:
+            out.append((IFOREST_MODEL_NAME, self.iforest_root))
+        return out
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Cheap change detector: (mtime_ns, size, inode) of every model's index.json."""
+        fp = []
+        for name, root in self._entries():
+            try:
+                st = os.stat(root / name / INDEX_FILE)
+                fp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                fp.append(None)
+        return tuple(fp)
+
+    def load(self, current: ModelSet | None = None) -> ModelSet:
+        """Production versions of every model; an unchanged version is reused from ``current``;
+        a version that cannot be loaded keeps the model of ``current`` (if any)."""
+        tcn: dict[str, TCNModel] = {}
+        iforest: IFModel | None = None
+        for name, root in self._entries():
+            old: TCNModel | IFModel | None
+            if name == IFOREST_MODEL_NAME:
+                old = current.iforest if current else None
+            else:
+                old = current.tcn.get(name.removeprefix("tcn_")) if current else None
+            model = self._load_one(name, root, old)
+            if model is None:
+                continue
+            if isinstance(model, IFModel):
+                iforest = model
+            else:
+                tcn[model.metric] = model
+        _release_freed_memory()
+        return ModelSet(tcn=tcn, iforest=iforest)
+
+    def _load_one(self, name: str, root: Path, old: TCNModel | IFModel | None) -> TCNModel | IFModel | None:
+        reg = ModelRegistry(root)
+        try:
+            version = reg.production_version(name)
+            if version is None:
+                raise ValueError("no production version")
+            if old is not None and old.version == version:
+                return old
+            lv = reg.load_version(name, version)  # verifies size and sha256 of every file
+            if name == IFOREST_MODEL_NAME:
+                model: TCNModel | IFModel = IFModel.from_version(name, version, lv.metadata, lv.arrays("forest.safetensors"))
+            else:
+                model = TCNModel.from_version(name, version, lv.metadata, lv.arrays("weights.safetensors"))
+                if model.metric != name.removeprefix("tcn_"):
+                    raise ValueError(f"metadata metric_type {model.metric!r} does not match the model name")
+        except Exception as exc:
+            where = f"{root / name}"
+            self._warn(name, f"{type(exc).__name__}: {exc} ({where})")
+            if old is not None:
+                logger.warning("keeping %s %s in service", name, old.version)
+            return old
+        if old is not None:
+            logger.info("model %s switched from %s to %s", name, old.version, model.version)
+        else:
+            logger.info("model %s %s loaded", name, model.version)
+        return model

@@ -1,0 +1,734 @@
+"""The combined engine: streaming ``process(sample)`` and batch ``score_frame(frame)``.
+
+Usage::
+
+    from ocad_detectors.pipeline import DetectionPipeline
+    from ocad_detectors.samples import Sample
+
+    det = DetectionPipeline.from_yaml("config/detection.yaml")    # or DetectionPipeline()
+    r = det.process(Sample(1767225600000, "o-ru-001", udp_echo_rtt_ms=4.2, ecpri_ow_us=120.0,
+                           lbm_rtt_ms=7.9, lbm_success=True))
+    r.scores, r.composite, r.alert        # per-detector scores, fused score, Alert or None
+
+    batch = det.score_frame(frame)         # a recorded wide DataFrame; same results, vectorized
+
+Both paths run the same detectors with the same floating-point operations in the same order,
+so scoring a recorded frame gives exactly the results of streaming its rows one by one
+(TCN forecasts may differ in the last bit between a single-window and a batched matrix product;
+everything else is bit-identical).
+
+Per sample, in this order: validate -> order check -> capabilities -> rules -> CUSUM -> TCN
+residual -> Isolation Forest -> fusion -> alert manager. Treatments (documented contract):
+
+* **invalid** sample (see :mod:`ocad_detectors.samples`): ``status="invalid"``, ``error``
+  names every bad field, scores 0; no state changes.
+* **duplicate** (timestamp equal to the endpoint's newest accepted one) and **out-of-order**
+  (older): ``status="duplicate"`` / ``"out_of_order"``, scores 0, no state change; the first
+  sample seen for a timestamp wins.
+* **unknown endpoint** (not in ``config.endpoints`` and not in the models' training data):
+  pooled reference statistics and pooled residual scale; its capabilities are the union of
+  the probe types it has returned a value for so far (a capability appears with its first
+  value; missing values of a known capability then count as loss).
+* values of signals an endpoint does not support (per config or training data) are ignored.
+* an unexpected internal error yields ``status="error"`` and is logged once per message;
+  the stream goes on. Every input sample yields exactly one result.
+
+Hot reload: every ``reload.check_every_samples`` samples, ``process`` compares the
+``index.json`` files of the models (one ``stat`` each); when one changed, or on an explicit
+:meth:`DetectionPipeline.reload`, the production versions are loaded and swapped in between two
+samples. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
+buffer trimmed or extended, a longer feature window waits until it is full again. Loading
+(reading + sha256) then happens on the sample that noticed the change; to keep it off the hot
+path set ``check_every_samples: 0`` and call ``reload()`` from another thread (thread-safe:
+the swap waits for the sample in progress). One pipeline serialises its calls with a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ocad_detectors._util import EV_MULTIVARIATE, EVIDENCE_NAMES, WarnOnce
+from ocad_detectors.alerts import Alert, AlertManager, SampleDetails, build_explanation, make_alert
+from ocad_detectors.changepoint import ChangePointDetector
+from ocad_detectors.config import DETECTORS, DetectionConfig, load_config
+from ocad_detectors.fusion import ScoreFusion
+from ocad_detectors.modelset import ModelLoader, ModelSet
+from ocad_detectors.multivariate import MultivariateDetector, if_score_to_unit_array, score_jobs, top_feature
+from ocad_detectors.residual import ResidualDetector
+from ocad_detectors.rules import RuleDetector
+from ocad_detectors.samples import (
+    SAMPLE_FIELDS,
+    check_endpoint,
+    check_success,
+    check_timestamp,
+    check_value,
+    validate_fields,
+    validate_sample,
+)
+from ocad_detectors.signals import METRIC_TYPES, VALUE_SIGNALS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["STATUSES", "BatchResult", "DetectionPipeline", "DetectionResult"]
+
+logger = logging.getLogger("ocad_detectors")
+
+#: result statuses; only ``ok`` samples change detector state
+STATUSES: tuple[str, ...] = ("ok", "invalid", "duplicate", "out_of_order", "error")
+_CAP_BITS = {"udp_echo": 1, "ecpri": 2, "lbm": 4}
+_CAPS_BY_BITS: tuple[frozenset[str], ...] = tuple(
+    frozenset(c for c, b in _CAP_BITS.items() if m & b) for m in range(8)
+)
+_ZERO_SCORES = (0.0, 0.0, 0.0, 0.0)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(32)], dtype=np.int64)
+_BATCH_CHUNK = 65_536  # samples per group of endpoints in batch mode (bounds memory)
+
+
+def _caps_bits(caps: Iterable[str]) -> int:
+    b = 0
+    for c in caps:
+        b |= _CAP_BITS[c]
+    return b
+
+
+@dataclass(slots=True)
+class DetectionResult:
+    """What the detectors say about one input sample (exactly one per sample)."""
+
+    timestamp_ms: int | None
+    endpoint_id: str | None
+    status: str
+    scores: dict[str, float]
+    composite: float
+    evidence: tuple[str, ...] = ()
+    alert: Alert | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timestamp_ms": self.timestamp_ms,
+            "endpoint_id": self.endpoint_id,
+            "status": self.status,
+            "error": self.error,
+            **{f"score_{k}": v for k, v in self.scores.items()},
+            "composite": self.composite,
+            "evidence": ",".join(self.evidence),
+            "alert": self.alert is not None,
+            "severity": self.alert.severity if self.alert is not None else None,
+        }
+
+
+class _Endpoint:
+    __slots__ = ("alert", "caps", "cp", "fixed", "id", "last_ts", "mv", "res", "rule")
+
+    def __init__(self, endpoint_id: str, caps: frozenset[str], fixed: bool) -> None:
+        self.id = endpoint_id
+        self.last_ts: int | None = None
+        self.caps = caps
+        self.fixed = fixed
+
+
+@dataclass
+class BatchResult:
+    """Columnar results of :meth:`DetectionPipeline.score_frame`, in input row order."""
+
+    timestamp_ms: list[int | None]
+    endpoint_id: list[str | None]
+    status: np.ndarray
+    error: list[str | None]
+    scores: dict[str, np.ndarray]
+    composite: np.ndarray
+    evidence: np.ndarray  # int bit masks
+    alert_index: np.ndarray  # index into ``alerts`` or -1
+    alerts: list[Alert] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def results(self) -> list[DetectionResult]:
+        """The same objects streaming would have returned (handy for comparisons; slower)."""
+        out = []
+        sc = [self.scores[d].tolist() for d in DETECTORS]
+        comp = self.composite.tolist()
+        ev = self.evidence.tolist()
+        ai = self.alert_index.tolist()
+        for i in range(len(self.status)):
+            out.append(
+                DetectionResult(
+                    self.timestamp_ms[i], self.endpoint_id[i], str(self.status[i]),
+                    {d: sc[j][i] for j, d in enumerate(DETECTORS)}, comp[i], EVIDENCE_NAMES[ev[i]],
+                    self.alerts[ai[i]] if ai[i] >= 0 else None, self.error[i],
+                )
+            )
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per-sample scores as a DataFrame (what ``ocad-detect --scores`` writes)."""
+        import pandas as pd
+
+        sev = np.full(len(self.status), None, dtype=object)
+        for i in np.flatnonzero(self.alert_index >= 0).tolist():
+            sev[i] = self.alerts[int(self.alert_index[i])].severity
+        df = pd.DataFrame(
+            {
+                "timestamp_ms": pd.array(self.timestamp_ms, dtype="Int64"),
+                "endpoint_id": pd.array(self.endpoint_id, dtype="string"),
+                "status": pd.array(self.status.astype(str), dtype="string"),
+                "error": pd.array(self.error, dtype="string"),
+                **{f"score_{d}": self.scores[d] for d in DETECTORS},
+                "composite": self.composite,
+                "evidence": pd.array([",".join(EVIDENCE_NAMES[e]) for e in self.evidence.tolist()], dtype="string"),
+                "alert": self.alert_index >= 0,
+                "severity": pd.array(sev, dtype="string"),
+            }
+        )
+        return df
+
+
+class DetectionPipeline:
+    """All detectors behind one streaming / batch interface.
+
+    ``config``: a :class:`DetectionConfig` (default values if None). ``model_dir``: registry
+    root, overriding config and ``$OCAD_MODEL_DIR``. ``models``: a ready :class:`ModelSet`
+    instead of the registry (tests, embedding); then :meth:`reload` has nothing to read.
+    """
+
+    def __init__(
+        self,
+        config: DetectionConfig | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        models: ModelSet | None = None,
+    ) -> None:
+        self.config = cfg = config or DetectionConfig()
+        self.rules = RuleDetector(cfg.rules)
+        self.changepoint = ChangePointDetector(cfg.changepoint)
+        self.residual = ResidualDetector(cfg.residual)
+        self.multivariate = MultivariateDetector(cfg.multivariate)
+        self.fusion = ScoreFusion(cfg.fusion)
+        self.alerts = AlertManager(cfg.alerts)
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._lock = threading.RLock()
+        self._errors = WarnOnce()
+        self._n = 0
+        self._every = cfg.reload.check_every_samples
+        self._config_reference = cfg.changepoint.reference_stats()
+        if models is None:
+            tcn_root = cfg.resolve_model_path(model_dir, "residual") if cfg.residual.active else None
+            if_root = cfg.resolve_model_path(model_dir, "multivariate") if cfg.multivariate.active else None
+            self.loader: ModelLoader | None = ModelLoader(tcn_root, if_root)
+            self._fingerprint = self.loader.fingerprint()
+            models = self.loader.load()
+        else:
+            self.loader = None
+            self._fingerprint = ()
+        self.models = ModelSet()
+        self._apply_models(models)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None) -> DetectionPipeline:
+        return cls(load_config(path), model_dir)
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def model_versions(self) -> dict[str, str | None]:
+        """Registry versions in use (None: not loaded)."""
+        return self.models.versions
+
+    def _apply_models(self, models: ModelSet) -> None:
+        """Swap models into the detectors (caller holds the lock or is the constructor)."""
+        self.models = models
+        self.residual.set_models(models.tcn if self.config.residual.active else {})
+        self.multivariate.set_model(models.iforest if self.config.multivariate.active else None)
+        ref = models.reference()
+        if self._config_reference is not None:  # the operator's statistics win
+            ref.per_endpoint.update(self._config_reference.per_endpoint)
+            ref.pooled.update(self._config_reference.pooled)
+        self.changepoint.set_reference(ref)
+        self._known = models.known_capabilities()
+        active = ["rule", "changepoint"]
+        if self.residual.active:
+            active.append("residual")
+        if self.multivariate.active:
+            active.append("multivariate")
+        active = [d for d in active if getattr(self.config, {"rule": "rules"}.get(d, d)).enabled]
+        self.fusion.set_active(active)
+        for e in self._endpoints.values():
+            self.changepoint.refresh_state(e.cp)
+            self.residual.refresh_state(e.res)
+            self.multivariate.refresh_state(e.mv)
+
+    def reload(self) -> dict[str, str | None]:
+        """Load the registry's production versions now and swap them in between two samples.
+
+        A version that cannot be loaded (missing, fails verification) is reported and the
+        model in service stays. Returns the versions in use afterwards.
+        """
+        if self.loader is None:
+            return self.model_versions
+        fp = self.loader.fingerprint()
+        new = self.loader.load(self.models)  # file I/O and hashing outside the lock
+        with self._lock:
+            self._fingerprint = fp
+            if new.versions != self.models.versions:
+                self._apply_models(new)
+        return self.model_versions
+
+    def _maybe_reload(self) -> None:
+        if self.loader is not None and self.loader.fingerprint() != self._fingerprint:
+            self.reload()
+
+    # ------------------------------------------------------------------ streaming
+
+    def _endpoint(self, endpoint_id: str) -> _Endpoint:
+        caps_key = self.config.endpoints.get(endpoint_id)
+        if caps_key is not None:
+            e = _Endpoint(endpoint_id, _CAPS_BY_BITS[_caps_bits(caps_key.split("+"))], True)
+        elif endpoint_id in self._known:
+            e = _Endpoint(endpoint_id, _CAPS_BY_BITS[_caps_bits(self._known[endpoint_id])], True)
+        else:
+            e = _Endpoint(endpoint_id, _CAPS_BY_BITS[0], False)
+        e.rule = self.rules.new_state()
+        e.cp = self.changepoint.new_state(endpoint_id)
+        e.res = self.residual.new_state(endpoint_id)
+        e.mv = self.multivariate.new_state(endpoint_id)
+        e.alert = self.alerts.new_state()
+        self._endpoints[endpoint_id] = e
+        return e
+
+    def process(self, sample: Any) -> DetectionResult:
+        """Score one sample (a :class:`~ocad_detectors.samples.Sample` or a mapping)."""
+        self._n += 1
+        if self._every and self._n % self._every == 0:
+            try:
+                self._maybe_reload()
+            except Exception as exc:
+                self._errors(("reload", str(exc)), "model reload failed: %s", exc)
+        with self._lock:
+            try:
+                return self._process(sample)
+            except Exception as exc:
+                msg = f"internal error: {type(exc).__name__}: {exc}"
+                self._errors(msg, "%s (sample %r)", msg, sample)
+                ts = getattr(sample, "timestamp_ms", None) if not isinstance(sample, Mapping) else sample.get("timestamp_ms")
+                ep = getattr(sample, "endpoint_id", None) if not isinstance(sample, Mapping) else sample.get("endpoint_id")
+                t, _ = check_timestamp(ts)
+                eid, _ = check_endpoint(ep)
+                return DetectionResult(t, eid, "error", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
+
+    def process_many(self, samples: Iterable[Any]) -> list[DetectionResult]:
+        return [self.process(s) for s in samples]
+
+    def _process(self, sample: Any) -> DetectionResult:
+        vals, ts, ep, err = validate_sample(sample)
+        if vals is None:
+            return DetectionResult(ts, ep, "invalid", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, err)
+        ts, ep, u, c, lb, s = vals
+        e = self._endpoints.get(ep)
+        if e is None:
+            e = self._endpoint(ep)
+        last = e.last_ts
+        if last is not None and ts <= last:
+            status = "duplicate" if ts == last else "out_of_order"
+            msg = f"timestamp {ts} {'equals' if ts == last else 'is older than'} the newest accepted {last} of {ep}; not used"
+            return DetectionResult(ts, ep, status, dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
+        e.last_ts = ts
+        caps = e.caps
+        if not e.fixed:
+            bits = _caps_bits(caps)
+            nb = bits | (1 if u == u else 0) | (2 if c == c else 0) | (4 if (lb == lb or s == s) else 0)
+            if nb != bits:
+                caps = e.caps = _CAPS_BY_BITS[nb]
+        if "udp_echo" not in caps:
+            u = float("nan")
+        if "ecpri" not in caps:
+            c = float("nan")
+        if "lbm" not in caps:
+            lb = s = float("nan")
+        s0, ev = self.rules.update(e.rule, caps, u, c, lb, s)
+        s1, ev1 = self.changepoint.update(e.cp, u, c, lb)
+        s2, ev2 = self.residual.update(e.res, u, c, lb)
+        s3, ev3 = self.multivariate.update(e.mv, caps, ts, u, c, lb, s)
+        ev |= ev1 | ev2 | ev3
+        composite = self.fusion.combine(s0, s1, s2, s3)
+        scores = {"rule": s0, "changepoint": s1, "residual": s2, "multivariate": s3}
+        alert = None
+        if ev:
+            emit, esc, sev = self.alerts.step(e.alert, ts, ev, composite)
+            if emit:
+                d = SampleDetails(
+                    (u, c, lb), e.cp.refs, dict(e.rule.runs), list(zip(e.cp.S, e.cp.z)),
+                    [(e.res.pred[i], e.res.r[i]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
+                    self.multivariate.explain(e.mv),
+                )
+                alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
+        else:
+            e.alert.run_start = None
+        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert)
+
+    def reset(self) -> None:
+        """Forget every endpoint's state (buffers, sums, episodes); models stay."""
+        with self._lock:
+            self._endpoints.clear()
+
+    @property
+    def endpoints(self) -> dict[str, frozenset[str]]:
+        """Endpoints seen so far and their capability sets."""
+        return {k: e.caps for k, e in self._endpoints.items()}
+
+    # ------------------------------------------------------------------ batch
+
+    def score_frame(self, frame: pd.DataFrame, progress: Callable[[int], None] | None = None) -> BatchResult:
+        """Score a recorded wide frame (``timestamp_ms``, ``endpoint_id``, signal columns) from a
+        fresh state, vectorized; the streaming state of this pipeline is not touched.
+
+        Rows are taken in frame order (that is the arrival order for duplicates and out-of-order
+        checks). Missing signal columns mean "no value"; other columns are ignored. Raises
+        ``ValueError`` when ``timestamp_ms`` or ``endpoint_id`` is missing or no signal column
+        exists. ``progress(n)`` is called with the number of samples finished so far.
+        """
+        with self._lock:
+            return _BatchRun(self, frame, progress).run()
+
+
+def _column(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
+    """A column as raw values, exactly as :func:`~ocad_detectors.samples.iter_samples` yields them."""
+    if name not in frame.columns:
+        return np.full(n, None, dtype=object)
+    col = frame[name]
+    return col.to_numpy(dtype=object) if col.dtype == object else col.to_numpy()
+
+
+class _BatchRun:
+    """One vectorized pass over a frame; mirrors ``DetectionPipeline._process`` exactly."""
+
+    def __init__(self, pipe: DetectionPipeline, frame: pd.DataFrame, progress: Callable[[int], None] | None) -> None:
+        self.p = pipe
+        self.frame = frame
+        self.progress = progress
+
+    # -------------------------------------------------------------- validation
+
+    def _validate(self) -> None:
+        import pandas as pd
+
+        f = self.frame
+        n = self.n = len(f)
+        cols = set(map(str, f.columns))
+        missing = [c for c in ("timestamp_ms", "endpoint_id") if c not in cols]
+        if missing:
+            raise ValueError(f"frame lacks column(s) {missing}; columns are {sorted(cols)}")
+        if not any(s in cols for s in (*VALUE_SIGNALS, "lbm_success")):
+            raise ValueError(f"frame has no signal column ({', '.join((*VALUE_SIGNALS, 'lbm_success'))}); columns are {sorted(cols)}")
+        raw = {name: _column(f, name, n) for name in SAMPLE_FIELDS}
+        suspect = np.zeros(n, dtype=bool)
+
+        # timestamps
+        tcol = raw["timestamp_ms"]
+        ts = np.zeros(n, dtype=np.int64)
+        if tcol.dtype.kind in "iu":
+            ts = tcol.astype(np.int64)
+            suspect |= ts < 0
+        elif tcol.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (np.abs(tcol) < 2.0**63)
+            ts = np.where(ok, tcol, 0).astype(np.int64)
+            suspect |= ~ok
+        else:
+            for i, v in enumerate(tcol.tolist() if tcol.dtype == object else list(tcol)):
+                t, err = check_timestamp(v)
+                if err:
+                    suspect[i] = True
+                else:
+                    ts[i] = t
+        # endpoints: validate the distinct values only
+        ecol = raw["endpoint_id"]
+        eps = np.empty(n, dtype=object)
+        try:
+            codes, uniques = pd.factorize(ecol, use_na_sentinel=True)
+            uok = np.array([type(u) is str and bool(u.strip()) for u in uniques], dtype=bool)
+            good = (codes >= 0) & uok[np.maximum(codes, 0)] if len(uniques) else np.zeros(n, dtype=bool)
+            eps[good] = np.asarray(uniques, dtype=object)[codes[good]]
+            suspect |= ~good
+        except TypeError:
+            for i, v in enumerate(ecol.tolist()):
+                e, err = check_endpoint(v)
+                if err:
+                    suspect[i] = True
+                else:
+                    eps[i] = e
+        # signals
+        vals = []
+        for name in VALUE_SIGNALS:
+            v, bad = self._value_column(raw[name], name)
+            vals.append(v)
+            suspect |= bad
+        s, bad = self._success_column(raw["lbm_success"], f["lbm_success"] if "lbm_success" in cols else None)
+        suspect |= bad
+        ie = raw["input_error"]
+        if "input_error" in cols:
+            suspect |= ~pd.isna(ie)
+
+        self.status = np.full(n, "ok", dtype=object)
+        self.error: list[str | None] = [None] * n
+        self.ts_out: list[int | None] = ts.tolist()
+        self.ep_out: list[str | None] = eps.tolist()
+        u, c, lb = vals
+        for i in np.flatnonzero(suspect).tolist():
+            errors: list[str] = []
+            t, eid, tup = validate_fields(
+                raw["timestamp_ms"][i], raw["endpoint_id"][i], raw["udp_echo_rtt_ms"][i], raw["ecpri_ow_us"][i],
+                raw["lbm_rtt_ms"][i], raw["lbm_success"][i], raw["input_error"][i], errors,
+            )
+            self.ts_out[i] = t
+            self.ep_out[i] = eid
+            if tup is None:
+                self.status[i] = "invalid"
+                self.error[i] = "; ".join(errors)
+            else:
+                ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
+        self.valid = self.status == "ok"
+        self.ts = ts
+        self.eps = eps
+        self.u, self.c, self.lb, self.s = u, c, lb, s
+
+    @staticmethod
+    def _value_column(col: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Floats (NaN = missing) and a mask of rows that need the exact scalar check."""
+        from ocad_detectors.signals import SIGNALS
+
+        sig = SIGNALS[name]
+        n = len(col)
+        if col.dtype.kind in "fiu":
+            v = col.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                bad = (v < sig.min_value) | (v > sig.max_value)
+            return v, bad
+        if col.dtype.kind == "b":
+            return np.full(n, np.nan), np.ones(n, dtype=bool)
+        out = np.full(n, np.nan)
+        bad = np.zeros(n, dtype=bool)
+        for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
+            f, err = check_value(name, x)
+            if err:
+                bad[i] = True
+            else:
+                out[i] = f
+        return out, bad
+
+    @staticmethod
+    def _success_column(col: np.ndarray, series: Any) -> tuple[np.ndarray, np.ndarray]:
+        import pandas as pd
+
+        n = len(col)
+        if series is not None and isinstance(series.dtype, pd.BooleanDtype):
+            return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(n, dtype=bool)
+        if col.dtype.kind == "b":
+            return col.astype(np.float64), np.zeros(n, dtype=bool)
+        if col.dtype.kind in "fiu":
+            v = col.astype(np.float64)
+            return v, ~(np.isnan(v) | (v == 0.0) | (v == 1.0))
+        out = np.full(n, np.nan)
+        bad = np.zeros(n, dtype=bool)
+        for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
+            f, err = check_success(x)
+            if err:
+                bad[i] = True
+            else:
+                out[i] = f
+        return out, bad
+
+    # -------------------------------------------------------------- ordering
+
+    def _order(self) -> list[tuple[str, np.ndarray]]:
+        """Accepted rows per endpoint (input order); marks duplicates and out-of-order rows."""
+        import pandas as pd
+
+        idx = np.flatnonzero(self.valid)
+        codes, _ = pd.factorize(self.eps[idx])
+        groups: list[tuple[str, np.ndarray]] = []
+        if len(idx) == 0:
+            return groups
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        for part in np.split(order, bounds):
+            rows = idx[part]
+            t = self.ts[rows]
+            prev = np.empty(len(t), dtype=np.int64)
+            prev[0] = -1
+            if len(t) > 1:
+                prev[1:] = np.maximum.accumulate(t)[:-1]
+            acc = t > prev
+            if not acc.all():
+                ep = str(self.eps[rows[0]])
+                for j in np.flatnonzero(~acc).tolist():
+                    dup = t[j] == prev[j]
+                    self.status[rows[j]] = "duplicate" if dup else "out_of_order"
+                    self.error[rows[j]] = (
+                        f"timestamp {int(t[j])} {'equals' if dup else 'is older than'} the newest accepted {int(prev[j])} of {ep}; not used"
+                    )
+            groups.append((str(self.eps[rows[0]]), rows[acc]))
+        return groups
+
+    # -------------------------------------------------------------- scoring
+
+    def run(self) -> BatchResult:
+        self._validate()
+        n = self.n
+        self.S = [np.zeros(n) for _ in DETECTORS]
+        self.composite = np.zeros(n)
+        self.ev = np.zeros(n, dtype=np.int64)
+        self.alert_index = np.full(n, -1, dtype=np.int64)
+        self.alerts: list[Alert] = []
+        groups = self._order()
+        done = int((~self.valid).sum())
+        chunk: list[tuple[str, np.ndarray]] = []
+        size = 0
+        for g in groups:
+            chunk.append(g)
+            size += len(g[1])
+            if size >= _BATCH_CHUNK:
+                self._score_chunk(chunk)
+                done += size
+                if self.progress:
+                    self.progress(done)
+                chunk, size = [], 0
+        if chunk:
+            self._score_chunk(chunk)
+            done += size
+        # rows that were valid but not accepted are finished too
+        if self.progress:
+            self.progress(n)
+        return BatchResult(
+            self.ts_out, self.ep_out, self.status, self.error, dict(zip(DETECTORS, self.S)),
+            self.composite, self.ev, self.alert_index, self.alerts,
+        )
+
+    def _caps(self, ep: str, u: np.ndarray, c: np.ndarray, lb: np.ndarray, s: np.ndarray) -> np.ndarray:
+        p = self.p
+        key = p.config.endpoints.get(ep)
+        if key is not None:
+            return np.full(len(u), _caps_bits(key.split("+")), dtype=np.int64)
+        if ep in p._known:
+            return np.full(len(u), _caps_bits(p._known[ep]), dtype=np.int64)
+        seen = (np.isfinite(u) * 1) | (np.isfinite(c) * 2) | ((np.isfinite(lb) | np.isfinite(s)) * 4)
+        return np.bitwise_or.accumulate(seen.astype(np.int64)) if len(seen) else seen.astype(np.int64)
+
+    def _score_chunk(self, groups: list[tuple[str, np.ndarray]]) -> None:
+        p = self.p
+        prepared = []
+        res_jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]] = []
+        mv_jobs: list[Any] = []
+        for ep, rows in groups:
+            caps = self._caps(ep, self.u[rows], self.c[rows], self.lb[rows], self.s[rows])
+            has = {cap: (caps & b) != 0 for cap, b in _CAP_BITS.items()}
+            u = np.where(has["udp_echo"], self.u[rows], np.nan)
+            c = np.where(has["ecpri"], self.c[rows], np.nan)
+            lb = np.where(has["lbm"], self.lb[rows], np.nan)
+            s = np.where(has["lbm"], self.s[rows], np.nan)
+            r_score, r_ev, runs = p.rules.score_series(has, u, c, lb, s)
+            c_score, c_ev, Ss, zs = p.changepoint.score_series(ep, u, c, lb)
+            rj = p.residual.prepare_series(ep, (u, c, lb))
+            caps_list = list(_CAPS_BY_BITS)
+            mj = p.multivariate.prepare_series(
+                ep, self.ts[rows] / 1000.0, dict(zip(METRIC_TYPES, (u, c, lb))), s, caps, caps_list
+            )
+            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, runs, c_score, c_ev, Ss, zs, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
+            res_jobs += rj
+            mv_jobs += mj
+        preds = _predict_all(res_jobs)
+        if_scores = score_jobs(mv_jobs)
+        for ep, rows, vals, r_score, r_ev, runs, c_score, c_ev, Ss, zs, r0, rn, m0, mn in prepared:
+            n = len(rows)
+            u, c, lb, s = vals
+            res_score, res_ev, P, R = p.residual.finish_series(n, (u, c, lb), res_jobs[r0 : r0 + rn], preds[r0 : r0 + rn])
+            mv_score = np.zeros(n)
+            mv_ev = np.zeros(n, dtype=np.int64)
+            mv_job = np.full(n, -1, dtype=np.int64)  # which job scored the sample (for explanations)
+            mv_pos = np.zeros(n, dtype=np.int64)
+            for jid in range(m0, m0 + mn):
+                row, sel, _ = mv_jobs[jid]
+                a = if_scores[jid]
+                mv_score[sel] = if_score_to_unit_array(a, row.threshold)
+                mv_ev[sel] = np.where(a > row.threshold, EV_MULTIVARIATE, 0)
+                mv_job[sel] = jid
+                mv_pos[sel] = np.arange(len(sel))
+            mv_at = (mv_jobs, if_scores, mv_job, mv_pos)
+            scores = (r_score, c_score, res_score, mv_score)
+            comp = p.fusion.combine_arrays(scores)
+            ev = r_ev | c_ev | res_ev | mv_ev
+            for j in range(4):
+                self.S[j][rows] = scores[j]
+            self.composite[rows] = comp
+            self.ev[rows] = ev
+            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, zs, P, R, mv_at)
+
+    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, Ss, zs, P, R, mv_at) -> None:
+        p = self.p
+        am = p.alerts
+        st = am.new_state()
+        std = np.asarray(ev & am._standalone, dtype=bool) | (_POPCOUNT[ev] >= am._min)
+        worthy = np.flatnonzero(std)
+        if len(worthy) == 0:
+            return
+        ts = self.ts[rows]
+        # first timestamp of each unbroken run of worthy samples
+        run_id = np.cumsum(~std)
+        first_of_run = {}
+        refs = p.changepoint._refs(ep)
+        for j in worthy.tolist():
+            rid = int(run_id[j])
+            if rid not in first_of_run:
+                first_of_run[rid] = int(ts[j])
+            t = int(ts[j])
+            sev = am.severity(float(comp[j]))
+            emit, esc = am.decide(st, t, first_of_run[rid], sev)
+            if not emit:
+                continue
+            u, c, lb, _ = vals
+            jid = int(mv_at[2][j])
+            mv = None
+            if jid >= 0:
+                row, _, Xs = mv_at[0][jid]
+                k = int(mv_at[3][j])
+                mv = (row, Xs[k], float(mv_at[1][jid][k]))
+            d = SampleDetails(
+                (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs.items()},
+                [(float(Ss[i][j]), float(zs[i][j])) for i in range(3)],
+                [(float(P[i][j]), float(R[i][j])) if R[i][j] == R[i][j] else None for i in range(3)],
+                top_feature(mv[0], mv[1], mv[2]) if mv is not None else None,
+            )
+            e = int(ev[j])
+            sc = {d_: float(scores[k][j]) for k, d_ in enumerate(DETECTORS)}
+            alert = make_alert(ep, t, sev, float(comp[j]), e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
+            self.alert_index[rows[j]] = len(self.alerts)
+            self.alerts.append(alert)
+
+
+def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:
+    """One batched NumpyTCN call per model over the windows of all endpoints."""
+    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    by_model: dict[int, list[int]] = {}
+    for k, job in enumerate(jobs):
+        by_model.setdefault(id(job[1]), []).append(k)
+    for ks in by_model.values():
+        mod = jobs[ks[0]][1]
+        W = np.concatenate([jobs[k][3] for k in ks]) if len(ks) > 1 else jobs[ks[0]][3]
+        pr = mod.net.predict(W)
+        start = 0
+        for k in ks:
+            m = len(jobs[k][2])
+            out[k] = pr[start : start + m]
+            start += m
+    return out
+
+

@@ -1,0 +1,442 @@
+"""The sample type, its validation at the API boundary, and a lenient CSV/Parquet reader.
+
+A sample is one probe round of one endpoint: ``(timestamp_ms, endpoint_id)`` plus values for any
+subset of the signals in :mod:`ocad_detectors.signals`. Validation never raises for bad data:
+it returns an error message that names the field, and the detector turns that into a result
+with ``status="invalid"`` (a running stream must not crash on one bad sample).
+
+Treatment of values (documented contract, shared by the streaming and the batch path):
+
+===============================  ==================================================================
+``None``, NaN, ``pd.NA``,        *missing*: no reply for that signal. For a signal the endpoint
+absent key / column              supports this counts as loss (see ``RuleDetector``).
+``lbm_success`` false / 0        the loopback reply did not arrive: loss.
+``inf``, negative, above the     *invalid* sample (``Signal.max_value`` is the probe timeout;
+signal's ``max_value``           anything above cannot be a real measurement).
+strings, bools for delays,       *invalid* sample; strings are never coerced ("3.5" is an error,
+other types                      so a mis-typed feed is noticed instead of half-parsed).
+timestamp not an integer ≥ 0     *invalid* (epoch milliseconds; an integral float is accepted).
+empty / non-string endpoint_id   *invalid*.
+unknown key in a mapping         *invalid* (a typo such as ``udp_echo_rtt`` must not silently
+                                 become "missing" and raise loss alarms).
+===============================  ==================================================================
+
+All errors of one sample are reported together, joined by ``"; "``.
+
+Files (:func:`read_samples`): CSV cells are text, so the reader turns numeric text into numbers
+and true/false/1/0/yes/no into booleans for ``lbm_success``; any other text stays as read and
+makes that row invalid. Timestamps: epoch ms in a ``timestamp_ms`` column; in a ``timestamp``
+(``time``, ``ts``, ``datetime``) column numbers below 1e11 are epoch seconds, larger ones epoch
+milliseconds, and text is ISO 8601 (no zone = UTC).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
+
+if TYPE_CHECKING:  # pandas only inside the reader functions
+    import pandas as pd
+
+__all__ = [
+    "SAMPLE_FIELDS",
+    "SIGNAL_ORDER",
+    "Sample",
+    "check_endpoint",
+    "check_success",
+    "check_timestamp",
+    "check_value",
+    "detect_format",
+    "iter_samples",
+    "long_to_wide",
+    "read_samples",
+    "validate_fields",
+    "validate_sample",
+]
+
+#: signals in the order every internal tuple and array uses
+SIGNAL_ORDER: tuple[str, ...] = (*VALUE_SIGNALS, "lbm_success")
+#: every field a sample may carry (``input_error`` is set by readers for rows they could not parse)
+SAMPLE_FIELDS: tuple[str, ...] = ("timestamp_ms", "endpoint_id", *SIGNAL_ORDER, "input_error")
+_NAN = float("nan")
+_LONG_COLUMNS = ("metric_name", "value")
+_TIMESTAMP_CANDIDATES = ("timestamp_ms", "timestamp", "time", "ts", "datetime")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One probe round of one endpoint; ``None`` means the signal has no value (missing reply).
+
+    Construction does not validate (a stream must be able to hand over anything it received);
+    :func:`validate_sample` and the detectors do.
+    """
+
+    timestamp_ms: Any
+    endpoint_id: Any
+    udp_echo_rtt_ms: Any = None
+    ecpri_ow_us: Any = None
+    lbm_rtt_ms: Any = None
+    lbm_success: Any = None
+    #: a problem a reader found before detection (e.g. an unknown metric name); makes the sample invalid
+    input_error: str | None = None
+
+
+def _is_na(v: Any) -> bool:
+    """None, float NaN or pandas' NA/NaT, recognised without importing pandas."""
+    if v is None:
+        return True
+    if isinstance(v, float):
+        return v != v
+    if isinstance(v, np.floating):
+        return bool(np.isnan(v))
+    t = type(v)
+    return t.__name__ in ("NAType", "NaTType") and t.__module__.startswith("pandas")
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def check_timestamp(v: Any) -> tuple[int | None, str | None]:
+    """Epoch milliseconds as int, or an error message."""
+    if type(v) is int:
+        if v < 0:
+            return None, f"timestamp_ms: must be >= 0 epoch milliseconds, got {v}"
+        return v, None
+    if _is_na(v):
+        return None, "timestamp_ms: missing"
+    if isinstance(v, (bool, np.bool_)):
+        return None, "timestamp_ms: expected integer epoch milliseconds, got a bool"
+    if isinstance(v, (int, np.integer)):
+        return check_timestamp(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isfinite(f) and f == math.floor(f) and abs(f) < 2**63:
+            return check_timestamp(int(f))
+        return None, f"timestamp_ms: expected integer epoch milliseconds, got {f!r}"
+    return None, f"timestamp_ms: expected integer epoch milliseconds, got {type(v).__name__} {_show(v)}"
+
+
+def check_endpoint(v: Any) -> tuple[str | None, str | None]:
+    """A non-empty endpoint id, or an error message."""
+    if isinstance(v, str):
+        if v.strip():
+            return str(v), None
+        return None, "endpoint_id: empty"
+    if _is_na(v):
+        return None, "endpoint_id: missing"
+    return None, f"endpoint_id: expected a non-empty string, got {type(v).__name__} {_show(v)}"
+
+
+def check_value(name: str, v: Any) -> tuple[float, str | None]:
+    """A delay in the signal's unit (NaN = missing), or an error message."""
+    if type(v) is float:
+        x = v
+    elif v is None:
+        return _NAN, None
+    elif isinstance(v, (bool, np.bool_)):
+        return _NAN, f"{name}: expected a number in {SIGNALS[name].unit}, got a bool"
+    elif isinstance(v, (int, float, np.integer, np.floating)):
+        x = float(v)
+    elif _is_na(v):
+        return _NAN, None
+    else:
+        return _NAN, f"{name}: expected a number in {SIGNALS[name].unit}, got {type(v).__name__} {_show(v)}"
+    if x != x:
+        return _NAN, None
+    sig = SIGNALS[name]
+    if x < sig.min_value:
+        if x == -math.inf:
+            return _NAN, f"{name}: infinite value"
+        return _NAN, f"{name}: negative value {x:g} {sig.unit}; delays cannot be negative"
+    if x > sig.max_value:
+        if x == math.inf:
+            return _NAN, f"{name}: infinite value"
+        return _NAN, f"{name}: absurd value {x:g} {sig.unit} (above {sig.max_value:g} {sig.unit}, the probe timeout)"
+    return x, None
+
+
+def check_success(v: Any) -> tuple[float, str | None]:
+    """``lbm_success`` as 1.0 / 0.0 / NaN (missing), or an error message."""
+    if v is True or v is False:
+        return (1.0 if v else 0.0), None
+    if isinstance(v, np.bool_):
+        return (1.0 if v else 0.0), None
+    if _is_na(v):
+        return _NAN, None
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        f = float(v)
+        if f == 1.0 or f == 0.0:
+            return f, None
+        return _NAN, f"lbm_success: expected true/false (or 1/0), got {f:g}"
+    return _NAN, f"lbm_success: expected true/false (or 1/0), got {type(v).__name__} {_show(v)}"
+
+
+_ValidTuple = tuple[int, str, float, float, float, float]
+
+
+def validate_fields(
+    ts: Any, ep: Any, udp: Any, ecpri: Any, lbm: Any, succ: Any, input_error: Any, errors: list[str]
+) -> tuple[int | None, str | None, _ValidTuple | None]:
+    """Check the fields of one sample, appending messages to ``errors``; (ts, endpoint, values or None)."""
+    t, e = check_timestamp(ts)
+    if e:
+        errors.append(e)
+    eid, e = check_endpoint(ep)
+    if e:
+        errors.append(e)
+    u, e = check_value("udp_echo_rtt_ms", udp)
+    if e:
+        errors.append(e)
+    c, e = check_value("ecpri_ow_us", ecpri)
+    if e:
+        errors.append(e)
+    lb, e = check_value("lbm_rtt_ms", lbm)
+    if e:
+        errors.append(e)
+    s, e = check_success(succ)
+    if e:
+        errors.append(e)
+    if input_error is not None and not _is_na(input_error):
+        errors.append(str(input_error))
+    if errors:
+        return t, eid, None
+    return t, eid, (t, eid, u, c, lb, s)  # type: ignore[return-value]
+
+
+def validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | None, str | None]:
+    """Check one sample (a :class:`Sample` or a mapping).
+
+    Returns ``(values, timestamp_ms, endpoint_id, error)``: ``values`` is the normalized tuple
+    ``(timestamp_ms, endpoint_id, udp_echo_rtt_ms, ecpri_ow_us, lbm_rtt_ms, lbm_success)`` with
+    NaN for missing values and ``lbm_success`` as 1.0/0.0/NaN, or None when the sample is invalid;
+    ``timestamp_ms``/``endpoint_id`` are whatever could be read (for the result); ``error`` names
+    every bad field.
+    """
+    errors: list[str] = []
+    if type(sample) is Sample:
+        t, eid, vals = validate_fields(
+            sample.timestamp_ms, sample.endpoint_id, sample.udp_echo_rtt_ms, sample.ecpri_ow_us,
+            sample.lbm_rtt_ms, sample.lbm_success, sample.input_error, errors,
+        )
+    elif isinstance(sample, Mapping):
+        unknown = [k for k in sample if k not in SAMPLE_FIELDS]
+        if unknown:
+            errors.append(
+                f"unknown field(s) {', '.join(repr(k) for k in unknown)}; a sample has "
+                f"timestamp_ms, endpoint_id and the signals {', '.join(SIGNAL_ORDER)}"
+            )
+        g = sample.get
+        t, eid, vals = validate_fields(
+            g("timestamp_ms"), g("endpoint_id"), g("udp_echo_rtt_ms"), g("ecpri_ow_us"),
+            g("lbm_rtt_ms"), g("lbm_success"), g("input_error"), errors,
+        )
+    else:
+        return None, None, None, f"expected a Sample or a mapping, got {type(sample).__name__}"
+    if errors:
+        return None, t, eid, "; ".join(errors)
+    return vals, t, eid, None
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def detect_format(columns: Any) -> str:
+    """``long`` when the frame has ``metric_name`` and ``value`` columns, else ``wide``."""
+    cols = set(columns)
+    return "long" if all(c in cols for c in _LONG_COLUMNS) else "wide"
+
+
+def _timestamp_column(columns: list[str]) -> str:
+    for c in _TIMESTAMP_CANDIDATES:
+        if c in columns:
+            return c
+    raise ValueError(f"no timestamp column: expected one of {list(_TIMESTAMP_CANDIDATES)}, columns are {columns}")
+
+
+def _timestamps_ms(col: pd.Series, auto_seconds: bool = True) -> np.ndarray:
+    """Epoch ms per row as Python ints where readable, else the raw value (the validator reports it).
+
+    With ``auto_seconds`` (any column name but ``timestamp_ms``) numbers below 1e11 are epoch
+    seconds, larger ones epoch milliseconds (the rule of :mod:`ocad_detectors.recorded`); text
+    is parsed as ISO 8601 (no zone = UTC).
+    """
+    import pandas as pd
+
+    if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        v = col.to_numpy(dtype=np.int64)
+        return np.where(np.abs(v) < 100_000_000_000, v * 1000, v) if auto_seconds else v
+    raw = col.to_numpy(dtype=object)
+    out = raw.copy()
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    is_num = np.isfinite(num)
+    if is_num.any():
+        idx = np.flatnonzero(is_num)
+        v = num[idx]
+        ms = np.where(np.abs(v) < 1e11, v * 1000.0, v) if auto_seconds else v
+        integral = ms == np.floor(ms)
+        for i, m, ok in zip(idx.tolist(), ms.tolist(), integral.tolist()):
+            out[i] = int(m) if ok else m  # a fractional millisecond stays a float: reported invalid
+    text = ~is_num & np.array([isinstance(x, str) for x in raw], dtype=bool)
+    if text.any():
+        parsed = pd.to_datetime(pd.Series(raw[text]).astype(str), errors="coerce", utc=True, format="ISO8601")
+        ok = parsed.notna().to_numpy()
+        ns = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+        for j, i in enumerate(np.flatnonzero(text).tolist()):
+            if ok[j] and ns[j] % 1_000_000 == 0:
+                out[i] = int(ns[j] // 1_000_000)
+    return out
+
+
+_TRUE = {"true", "1", "1.0", "yes", "t"}
+_FALSE = {"false", "0", "0.0", "no", "f"}
+
+
+def _parse_text(values: np.ndarray, success: bool) -> np.ndarray:
+    """CSV cells are text: parse numbers (or booleans for ``lbm_success``) where the text is one,
+    keep any other cell as it was read so the validator reports it."""
+    import pandas as pd
+
+    out = np.asarray(values, dtype=object).copy()
+    is_text = np.array([isinstance(x, str) for x in out], dtype=bool)
+    if not is_text.any():
+        return out
+    idx = np.flatnonzero(is_text)
+    text = pd.Series(out[idx]).str.strip()
+    if success:
+        low = text.str.lower()
+        for i, t in zip(idx.tolist(), low.tolist()):
+            if t in _TRUE:
+                out[i] = True
+            elif t in _FALSE:
+                out[i] = False
+        return out
+    num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    for i, x in zip(idx.tolist(), num.tolist()):
+        if x == x:
+            out[i] = x
+    return out
+
+
+def long_to_wide(df: pd.DataFrame, timestamp_column: str = "timestamp_ms") -> pd.DataFrame:
+    """Pivot long rows (timestamp, endpoint_id, metric_name, value) into wide samples.
+
+    One sample per (timestamp, endpoint) in order of first appearance. A metric repeated for
+    the same (timestamp, endpoint) starts a second sample with the same timestamp, which the
+    detector then reports as a duplicate. Rows with an unknown ``metric_name`` make their
+    sample invalid (``input_error`` names the metric) instead of being dropped silently.
+    """
+    import pandas as pd
+
+    d = pd.DataFrame(
+        {
+            "ts": df[timestamp_column].to_numpy(dtype=object),
+            "ep": df["endpoint_id"].to_numpy(dtype=object),
+            "metric": df["metric_name"].to_numpy(dtype=object),
+            "value": df["value"].to_numpy(dtype=object),
+        }
+    )
+    # group keys must be hashable and comparable: use their repr for odd objects
+    keys = d[["ts", "ep", "metric"]].astype(str)
+    occ = keys.groupby(["ts", "ep", "metric"], sort=False, dropna=False).cumcount().to_numpy()
+    keys["occ"] = occ
+    code = keys.groupby(["ts", "ep", "occ"], sort=False, dropna=False).ngroup().to_numpy()
+    n = int(code.max()) + 1 if len(code) else 0
+    first = np.full(n, -1, dtype=np.int64)
+    order = np.arange(len(code))[::-1]
+    first[code[order]] = order  # last write wins: the smallest row index
+    out: dict[str, Any] = {
+        "timestamp_ms": d["ts"].to_numpy()[first] if n else np.array([], dtype=object),
+        "endpoint_id": d["ep"].to_numpy()[first] if n else np.array([], dtype=object),
+    }
+    metric = d["metric"].to_numpy()
+    value = d["value"].to_numpy()
+    for sig in SIGNAL_ORDER:
+        col = np.full(n, None, dtype=object)
+        sel = np.flatnonzero(metric == sig)
+        col[code[sel]] = value[sel]
+        out[sig] = col
+    errs = np.full(n, None, dtype=object)
+    bad = np.flatnonzero(~np.isin(metric, SIGNAL_ORDER))
+    for i in bad.tolist():
+        msg = f"metric_name: unknown metric {metric[i]!r}; known: {', '.join(SIGNAL_ORDER)}"
+        errs[code[i]] = msg if errs[code[i]] is None else errs[code[i]] + "; " + msg
+    out["input_error"] = errs
+    return pd.DataFrame(out)
+
+
+def read_samples(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """Read a CSV or Parquet file into a wide frame, one row per sample, in file order.
+
+    Lenient on purpose (unlike :mod:`ocad_detectors.recorded`, which rejects a bad file): a
+    bad cell stays in the frame as it was read and becomes an ``invalid`` result, so every
+    sample in the file yields exactly one result. Columns of the returned frame:
+    ``timestamp_ms`` (ints where readable), ``endpoint_id``, the four signals, ``input_error``.
+    Raises ``ValueError`` for an unreadable file or one without timestamp / endpoint columns.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        raw = pd.read_csv(p, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null", "None"], low_memory=False)
+    elif suffix in (".parquet", ".pq"):
+        raw = pd.read_parquet(p)
+    else:
+        raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
+    cols = [str(c) for c in raw.columns]
+    raw.columns = cols
+    if fmt not in ("auto", "wide", "long"):
+        raise ValueError(f"format must be auto, wide or long, got {fmt!r}")
+    if fmt == "auto":
+        fmt = detect_format(cols)
+    ts_col = _timestamp_column(cols)
+    if "endpoint_id" not in cols:
+        raise ValueError(f"{p}: no endpoint_id column; columns are {cols}")
+    if fmt == "long":
+        missing = [c for c in _LONG_COLUMNS if c not in cols]
+        if missing:
+            raise ValueError(f"{p}: long format needs columns {list(_LONG_COLUMNS)}; missing {missing}")
+        raw = raw.copy()
+        raw[ts_col] = _timestamps_ms(raw[ts_col], ts_col != "timestamp_ms")
+        wide = long_to_wide(raw, ts_col)
+        for sig in SIGNAL_ORDER:
+            wide[sig] = _parse_text(wide[sig].to_numpy(dtype=object), sig == "lbm_success")
+        return wide
+    present = [s for s in SIGNAL_ORDER if s in cols]
+    if not present:
+        raise ValueError(f"{p}: wide format needs at least one signal column of {list(SIGNAL_ORDER)}; columns are {cols}")
+    out = pd.DataFrame({"timestamp_ms": _timestamps_ms(raw[ts_col], ts_col != "timestamp_ms"), "endpoint_id": raw["endpoint_id"].to_numpy(dtype=object)})
+    for s in SIGNAL_ORDER:
+        if s in cols:
+            col = raw[s]
+            out[s] = _parse_text(col.to_numpy(dtype=object), s == "lbm_success") if col.dtype == object else col.to_numpy()
+        else:
+            out[s] = np.full(len(raw), np.nan)
+    out["input_error"] = raw["input_error"].to_numpy(dtype=object) if "input_error" in cols else None
+    return out
+
+
+def iter_samples(frame: pd.DataFrame) -> Iterator[Sample]:
+    """The rows of a wide frame as :class:`Sample` objects, values exactly as stored (no coercion).
+
+    Streaming these through ``DetectionPipeline.process`` gives the same results as scoring the
+    frame in batch. Absent signal columns become ``None``.
+    """
+    n = len(frame)
+    cols = []
+    for name in SAMPLE_FIELDS:
+        if name in frame.columns:
+            cols.append(frame[name].to_numpy(dtype=object) if frame[name].dtype == object else frame[name].to_numpy())
+        else:
+            cols.append([None] * n)
+    for row in zip(*cols):
+        yield Sample(*row)

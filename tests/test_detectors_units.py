@@ -1,0 +1,370 @@
+"""Each detector on its own: rules, CUSUM, residual, features, fusion, alert manager, config."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from model_fixtures import cached_model_registry
+
+from ocad_detectors.alerts import AlertManager
+from ocad_detectors.changepoint import ChangePointDetector
+from ocad_detectors.config import AlertConfig, ChangePointConfig, DetectionConfig, FusionConfig, RuleConfig, load_config
+from ocad_detectors.features import FeatureConfig, ReferenceStats, window_features
+from ocad_detectors.fusion import ScoreFusion
+from ocad_detectors.modelset import ModelLoader
+from ocad_detectors.multivariate import window_stats
+from ocad_detectors.residual import ResidualDetector
+from ocad_detectors.rules import RuleDetector
+from ocad_detectors.samples import Sample
+from ocad_detectors.signals import VALUE_SIGNALS
+from ocad_detectors.tcn_stack import StackedTCN
+from ocad_pipeline.simulator import SimulatorConfig, simulate
+
+T0 = 1_767_225_600_000
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def test_rule_thresholds_are_in_each_signals_own_unit():
+    det = RuleDetector()
+    # 300 µs eCPRI is below its 400 µs threshold, although 300 > every ms threshold
+    out = det.score_one(Sample(T0, "a", udp_echo_rtt_ms=5.0, ecpri_ow_us=300.0, lbm_rtt_ms=8.0, lbm_success=True))
+    assert out.score == 0.0 and out.evidence == ()
+    out = det.score_one(Sample(T0 + 5000, "a", udp_echo_rtt_ms=5.0, ecpri_ow_us=700.0, lbm_rtt_ms=8.0, lbm_success=True))
+    assert out.evidence == ("threshold",) and out.score == pytest.approx(0.5 + 0.5 * 300 / 600)
+    out = det.score_one(Sample(T0 + 10000, "a", udp_echo_rtt_ms=80.0, ecpri_ow_us=100.0, lbm_rtt_ms=8.0, lbm_success=True))
+    assert out.score == 1.0  # beyond critical
+
+
+def test_loss_runs_count_missing_replies_of_supported_probes():
+    det = RuleDetector(RuleConfig(loss_run_warning=3, loss_run_critical=6))
+    caps = {"udp_echo", "lbm"}
+    evid = []
+    for i in range(8):
+        s = Sample(T0 + i * 5000, "a", udp_echo_rtt_ms=5.0, lbm_rtt_ms=None, lbm_success=False)
+        evid.append(det.score_one(s, caps))
+    assert [o.evidence for o in evid[:2]] == [(), ()]
+    assert all(o.evidence == ("loss",) for o in evid[2:])
+    assert evid[2].score == 0.5 and evid[5].score == 1.0
+    assert evid[-1].details["loss_runs"]["lbm"] == 8
+    # a reply resets the run; udp missing counts for udp only
+    o = det.score_one(Sample(T0 + 50_000, "a", udp_echo_rtt_ms=None, lbm_rtt_ms=8.0, lbm_success=True), caps)
+    assert o.details["loss_runs"] == {"udp_echo": 1, "ecpri": 0, "lbm": 0} and o.evidence == ()
+
+
+def test_standalone_detectors_reject_invalid_samples():
+    with pytest.raises(ValueError, match="udp_echo_rtt_ms: negative value"):
+        RuleDetector().score_one(Sample(T0, "a", udp_echo_rtt_ms=-1.0))
+    with pytest.raises(ValueError, match="timestamp_ms: missing"):
+        ChangePointDetector().score_one({"endpoint_id": "a"})
+
+
+# ----------------------------------------------------------------------------- CUSUM
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    # reference from one full day (it must see the daily load cycle), test on the next day
+    sim = simulate(SimulatorConfig(n_oru=3, n_odu=2, n_transport=2, duration_hours=48.0, incidents_per_endpoint_day=0.0, seed=21))
+    s = sim.samples
+    rank = s.groupby("endpoint_id").cumcount()
+    train = s[rank < 17280]
+    ref = ReferenceStats.fit(train["endpoint_id"].to_numpy(), {c: train[c].to_numpy(float) for c in VALUE_SIGNALS}, np.ones(len(train), bool))
+    return s[rank >= 17280], ref
+
+
+def test_cusum_does_not_fire_on_healthy_noise(healthy):
+    test, ref = healthy
+    det = ChangePointDetector(reference=ref)
+    fired = 0
+    for ep, g in test.groupby("endpoint_id"):
+        score, ev, _, _ = det.score_series(str(ep), *(g[c].to_numpy(float) for c in VALUE_SIGNALS))
+        fired += int((ev != 0).sum())
+        assert score.max() < 0.5
+    assert fired == 0
+
+
+def test_cusum_uses_reference_stats_so_a_sustained_shift_stays_detected():
+    ref = ReferenceStats(per_endpoint={("a", "udp_echo_rtt_ms"): (5.0, 0.2)})
+    det = ChangePointDetector(ChangePointConfig(k=2.5, h=20.0), reference=ref)
+    rng = np.random.default_rng(0)
+    x = 5.0 + 0.2 * rng.standard_normal(600)
+    x[200:500] += 6 * 0.2  # +6 σ for 300 samples: a window-normalised CUSUM would forget it
+    _, ev, S, _ = det.score_series("a", x, np.full(600, NAN), np.full(600, NAN))
+    first = int(np.argmax(ev != 0))
+    assert 200 <= first < 200 + 20  # detected within 20 samples
+    assert (ev[first:500] != 0).all()  # and it stays detected for the whole shift
+    assert not (ev[520:] != 0).any()  # recovers within a few samples thanks to the clamp
+    assert S[0].max() == pytest.approx(40.0)  # clamp x h
+    # the streaming update gives exactly the batch statistic
+    det2 = ChangePointDetector(ChangePointConfig(k=2.5, h=20.0), reference=ref)
+    stt = det2.new_state("a")
+    stream = []
+    for v in x:
+        det2.update(stt, float(v), NAN, NAN)
+        stream.append(stt.S[0])
+    assert np.array_equal(np.array(stream), S[0])
+
+
+def test_cusum_unknown_endpoint_uses_pooled_reference():
+    ref = ReferenceStats(pooled={"lbm_rtt_ms": (8.0, 0.5)})
+    det = ChangePointDetector(reference=ref)
+    assert det.new_state("never-seen").refs == [None, None, (8.0, 0.5)]
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(0.0, 1e4), st.just(NAN)), min_size=12, max_size=12),
+    st.lists(st.integers(1, 60_000), min_size=12, max_size=12),
+    st.floats(0.0, 100.0),
+    st.floats(1e-3, 50.0),
+)
+def test_streaming_window_features_are_bit_identical_to_the_engine(xs, gaps, mu, sd):
+    cfg = FeatureConfig()
+    w = cfg.window
+    times = (T0 + np.cumsum(gaps)) / 1000.0
+    wts = tuple(cfg.ewma_alpha * (1.0 - cfg.ewma_alpha) ** (w - 1 - i) for i in range(w))
+    got = window_stats(deque(xs), deque(times.tolist()), mu, sd, wts, cfg.cusum_k)
+    ref = window_features(np.array([xs]), times[None, :], mu, sd, cfg)
+    for g, name in zip(got, ("p95_z", "p99_z", "ewma_z", "slope_z", "cusum", "missing")):
+        r = float(ref[name][0])
+        assert (math.isnan(g) and math.isnan(r)) or g == r, (name, g, r)
+
+
+# ----------------------------------------------------------------------------- residual
+
+
+@pytest.fixture(scope="module")
+def models():
+    built = cached_model_registry()
+    return ModelLoader(built.root, built.root).load()
+
+
+def test_residual_buffer_is_exactly_seq_len_and_the_target_is_not_an_input(models):
+    det = ResidualDetector(models=models.tcn)
+    L = models.tcn["udp_echo"].seq_len
+    st1 = det.new_state("o-ru-001")
+    rng = np.random.default_rng(1)
+    xs = 5.0 + 0.2 * rng.standard_normal(L + 5)
+    for i in range(L):
+        det.update(st1, float(xs[i]), NAN, NAN)
+        assert math.isnan(st1.r[0])  # not scored before the buffer is full
+    assert len(st1.buf["udp_echo"]) == L
+    # two detectors with the same history, different current values: same forecast
+    st2 = det.new_state("o-ru-001")
+    for i in range(L):
+        det.update(st2, float(xs[i]), NAN, NAN)
+    det.update(st1, 5.0, NAN, NAN)
+    det.update(st2, 50.0, NAN, NAN)
+    assert st1.pred[0] == st2.pred[0]
+    scale = models.tcn["udp_echo"].residual_scale("o-ru-001")
+    assert st2.r[0] == pytest.approx(abs(50.0 - st2.pred[0]) / scale)
+    assert len(st1.buf["udp_echo"]) == L and list(st1.buf["udp_echo"])[-1] == 5.0
+    # unknown endpoints use the pooled residual scale
+    assert det.new_state("nobody").scale["udp_echo"] == models.tcn["udp_echo"].residual_pooled
+    # a lost value is not scored; the last value is carried into the buffer
+    det.update(st1, NAN, NAN, NAN)
+    assert math.isnan(st1.r[0]) and list(st1.buf["udp_echo"])[-2:] == [5.0, 5.0]
+
+
+def test_stacked_tcn_matches_each_numpy_tcn(models):
+    mods = [models.tcn[m] for m in ("udp_echo", "ecpri", "lbm")]
+    stack = StackedTCN([m.weights for m in mods], mods[0].architecture)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        X = rng.standard_normal((mods[0].seq_len, 3))
+        got = stack.predict_one(X)
+        ref = [m.net.predict(X[:, j])[0] for j, m in enumerate(mods)]
+        assert np.allclose(got, ref, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- fusion
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4), st.sampled_from(["noisy_or", "weighted_mean"]))
+def test_fusion_composite_is_in_unit_interval_and_matches_the_array_version(scores, method):
+    f = ScoreFusion(FusionConfig(method=method))
+    c = f.combine(*scores)
+    assert 0.0 <= c <= 1.0
+    arr = f.combine_arrays([np.array([s]) for s in scores])
+    assert arr[0] == c
+
+
+def test_fusion_weights_and_inactive_detectors():
+    f = ScoreFusion(FusionConfig(method="weighted_mean", weights={"rule": 1, "changepoint": 1, "residual": 1, "multivariate": 1}))
+    assert f.combine(1, 0, 0, 0) == 0.25
+    f.set_active(["rule", "changepoint"])  # models missing: their weight does not dilute
+    assert f.combine(1, 0, 0.9, 0.9) == 0.5
+    g = ScoreFusion()  # noisy-or: one strong rule alone can carry the composite
+    assert g.combine(1.0, 0, 0, 0) == 1.0
+    assert g.combine(0.5, 0.5, 0, 0) > g.combine(0.5, 0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- alerts
+
+
+def test_single_rule_violation_or_loss_alerts_alone_but_one_statistical_detector_does_not():
+    am = AlertManager()
+    assert am.observe("a", T0, ["threshold"], 0.6) is not None
+    assert am.observe("b", T0, ["loss"], 0.5) is not None
+    assert am.observe("c", T0, ["multivariate"], 0.9) is None
+    assert am.observe("c", T0 + 5000, ["multivariate", "changepoint"], 0.7) is not None
+    strict = AlertManager(AlertConfig(min_evidence=3, standalone_evidence=()))
+    assert strict.observe("a", T0, ["threshold", "changepoint"], 0.9) is None
+
+
+def test_dedup_escalation_and_new_episode_use_sample_timestamps(monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: (_ for _ in ()).throw(AssertionError("wall clock used")))
+    monkeypatch.setattr(time, "monotonic", lambda: (_ for _ in ()).throw(AssertionError("wall clock used")))
+    am = AlertManager(AlertConfig(dedup_ms=60_000, severity={"major": 0.6, "critical": 0.85}))
+    a1 = am.observe("a", T0, ["threshold"], 0.55)
+    assert a1.severity == "warning" and not a1.escalation and a1.episode_start_ms == T0
+    assert am.observe("a", T0 + 5000, ["threshold"], 0.5) is None  # deduplicated
+    a2 = am.observe("a", T0 + 10_000, ["threshold"], 0.9)  # escalation inside the episode
+    assert a2.severity == "critical" and a2.escalation and a2.episode_start_ms == T0
+    assert am.observe("a", T0 + 15_000, ["threshold"], 0.9) is None
+    assert am.observe("a", T0 + 20_000, [], 0.0) is None
+    # quiet for more than dedup_ms (sample time): a new episode
+    a3 = am.observe("a", T0 + 90_000, ["threshold"], 0.55)
+    assert a3 is not None and not a3.escalation and a3.episode_start_ms == T0 + 90_000
+    # another endpoint has its own episode
+    assert am.observe("b", T0 + 15_000, ["loss"], 0.5) is not None
+
+
+def test_hold_down_requires_the_condition_to_last():
+    am = AlertManager(AlertConfig(hold_down_ms=10_000))
+    assert am.observe("a", T0, ["threshold"], 0.6) is None
+    assert am.observe("a", T0 + 5000, ["threshold"], 0.6) is None
+    assert am.observe("a", T0 + 10_000, ["threshold"], 0.6) is not None
+    # a blip shorter than the hold-down never alerts
+    am2 = AlertManager(AlertConfig(hold_down_ms=10_000))
+    for i, ev in enumerate([["threshold"], ["threshold"], [], ["threshold"], ["threshold"], []]):
+        assert am2.observe("a", T0 + 5000 * i, ev, 0.6) is None
+
+
+def test_replay_with_shifted_timestamps_gives_the_same_alerts():
+    seq = [(0, ["threshold"], 0.55), (5000, ["threshold"], 0.9), (400_000, ["loss"], 0.5), (405_000, [], 0.1), (410_000, ["loss", "changepoint"], 0.7)]
+
+    def run(offset):
+        am = AlertManager()
+        out = []
+        for t, ev, c in seq:
+            a = am.observe("x", T0 + offset + t, ev, c)
+            out.append(None if a is None else (a.timestamp_ms - offset, a.severity, a.escalation))
+        return out
+
+    first = run(0)
+    assert first == run(86_400_000)
+    # warning, escalation to critical, new episode after > 5 min of quiet, escalation to major
+    assert [a and a[1:] for a in first] == [("warning", False), ("critical", True), ("warning", False), None, ("major", True)]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_example_yaml_loads_and_equals_the_defaults():
+    cfg = load_config("config/detection.example.yaml")
+    assert cfg == DetectionConfig(model_path="data/models")
+    assert cfg.residual.use_pretrained_models and cfg.residual.model_path is None
+
+
+def test_config_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("detection:\n  residual:\n    use_pretrained_model: true\n")
+    with pytest.raises(ValueError, match=r"residual: unknown key\(s\) \['use_pretrained_model'\]"):
+        load_config(p)
+    p.write_text("detection:\n  rules:\n    thresholds:\n      ecpri_ow_us: {warning: 500}\n")
+    with pytest.raises(ValueError, match="ecpri_ow_us: missing 'critical'"):
+        load_config(p)
+    p.write_text("detection:\n  changepoint: {k: -1}\n")
+    with pytest.raises(ValueError, match="changepoint.k"):
+        load_config(p)
+    p.write_text("detection:\n  fusion: {weights: {rule: 2.0}}\n")
+    with pytest.raises(ValueError, match="noisy_or weights must be in"):
+        load_config(p)
+    p.write_text("detection:\n  endpoints: {x: ecpri+foo}\n")
+    with pytest.raises(ValueError, match="endpoints.x"):
+        load_config(p)
+
+
+def test_seed_keys_and_model_path_precedence(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "detection:\n  model_path: /cfg/models\n  residual:\n    use_pretrained_models: false\n    model_path: /seed/tcn\n"
+        "  rules:\n    thresholds:\n      lbm_rtt_ms: null\n      udp_echo_rtt_ms: {warning: 10, critical: 20}\n"
+        "  endpoints:\n    o-ru-9: [lbm, ecpri]\n"
+    )
+    cfg = load_config(p)
+    assert not cfg.residual.active
+    assert "lbm_rtt_ms" not in cfg.rules.thresholds and cfg.rules.thresholds["udp_echo_rtt_ms"].warning == 10
+    assert cfg.endpoints == {"o-ru-9": "ecpri+lbm"}
+    monkeypatch.delenv("OCAD_MODEL_DIR", raising=False)
+    assert str(cfg.resolve_model_path()) == "/cfg/models"
+    assert str(cfg.resolve_model_path(detector="residual")) == "/seed/tcn"
+    monkeypatch.setenv("OCAD_MODEL_DIR", "/env/models")
+    assert str(cfg.resolve_model_path(detector="multivariate")) == "/env/models"
+    assert str(cfg.resolve_model_path("/cli/models", "multivariate")) == "/cli/models"
+
+
+def test_multivariate_detector_alone_matches_the_pipeline(models):
+    from model_fixtures import SAMPLE_COLUMNS
+
+    from ocad_detectors.multivariate import MultivariateDetector
+    from ocad_detectors.pipeline import DetectionPipeline
+    from ocad_detectors.samples import iter_samples
+
+    built = cached_model_registry()
+    det = MultivariateDetector(model=models.iforest)
+    pipe = DetectionPipeline(models=models)
+    frame = built.test[SAMPLE_COLUMNS].head(600)
+    alone = [det.score_one(s) for s in iter_samples(frame)]
+    together = [pipe.process(s) for s in iter_samples(frame)]
+    assert [o.score for o in alone] == [r.scores["multivariate"] for r in together]
+    assert any(o.score > 0 for o in alone)
+    with pytest.raises(ValueError, match="lbm_success"):
+        det.score_one(Sample(T0, "x", lbm_success="maybe"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 20.0), st.just(NAN)), min_size=1, max_size=300), st.floats(0.0, 4.0), st.floats(0.5, 30.0))
+def test_cusum_batch_recursion_equals_streaming(xs, k, h):
+    ref = ReferenceStats(per_endpoint={("a", "lbm_rtt_ms"): (5.0, 1.0)})
+    cfg = ChangePointConfig(k=k, h=h)
+    x = np.array(xs)
+    _, ev, S, _ = ChangePointDetector(cfg, ref).score_series("a", np.full(len(x), NAN), np.full(len(x), NAN), x)
+    det = ChangePointDetector(cfg, ref)
+    state = det.new_state("a")
+    stream_S, stream_ev = [], []
+    for v in xs:
+        _, e = det.update(state, NAN, NAN, v)
+        stream_S.append(state.S[2])
+        stream_ev.append(e)
+    assert S[2].tolist() == stream_S and ev.tolist() == stream_ev
+
+
+def test_configured_reference_statistics(tmp_path):
+    import json
+
+    recs = [{"endpoint_id": "*", "signal": "udp_echo_rtt_ms", "mean": 5.0, "std": 0.3}]
+    (tmp_path / "ref.json").write_text(json.dumps(recs))
+    p = tmp_path / "c.yaml"
+    p.write_text(f"detection:\n  changepoint:\n    reference: {tmp_path / 'ref.json'}\n")
+    assert load_config(p).changepoint.reference_stats().pooled == {"udp_echo_rtt_ms": (5.0, 0.3)}
+    p.write_text("detection:\n  changepoint:\n    reference:\n      - {endpoint_id: a, signal: lbm_rtt_ms, mean: 8, std: 0.5}\n")
+    assert load_config(p).changepoint.reference_stats().per_endpoint == {("a", "lbm_rtt_ms"): (8.0, 0.5)}
+    p.write_text("detection:\n  changepoint:\n    reference:\n      - {endpoint_id: a, signal: lbm_rtt_ms, mean: 8}\n")
+    with pytest.raises(ValueError, match="changepoint.reference: bad record"):
+        load_config(p)
