@@ -214,9 +214,14 @@ def _release_freed_memory() -> None:
 class ModelLoader:
     """Reads production versions from one or two registry roots and warns once per problem."""
 
-    def __init__(self, tcn_root: Path | None, iforest_root: Path | None) -> None:
+    def __init__(self, tcn_root: Path | None, iforest_root: Path | None, pinned: Mapping[str, str] | None = None) -> None:
         self.tcn_root = tcn_root
         self.iforest_root = iforest_root
+        #: model name -> version to serve instead of production (evaluation, shadow scoring)
+        self.pinned = dict(pinned or {})
+        unknown = set(self.pinned) - set(TCN_MODEL_NAMES.values()) - {IFOREST_MODEL_NAME}
+        if unknown:
+            raise ValueError(f"cannot pin unknown models {sorted(unknown)}; known: {[*TCN_MODEL_NAMES.values(), IFOREST_MODEL_NAME]}")
         self._warned: set[tuple[str, str]] = set()
 
     def _warn(self, name: str, message: str) -> None:
@@ -268,7 +273,7 @@ class ModelLoader:
     def _load_one(self, name: str, root: Path, old: TCNModel | IFModel | None) -> TCNModel | IFModel | None:
         reg = ModelRegistry(root)
         try:
-            version = reg.production_version(name)
+            version = self.pinned.get(name) or reg.production_version(name)
             if version is None:
                 raise ValueError("no production version")
             if old is not None and old.version == version:

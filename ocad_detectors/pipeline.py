@@ -199,6 +199,9 @@ class DetectionPipeline:
     ``config``: a :class:`DetectionConfig` (default values if None). ``model_dir``: registry
     root, overriding config and ``$OCAD_MODEL_DIR``. ``models``: a ready :class:`ModelSet`
     instead of the registry (tests, embedding); then :meth:`reload` has nothing to read.
+    ``versions``: model name -> registry version to serve instead of production (e.g.
+    ``{"tcn_ecpri": "1.1.0"}``) for evaluation and shadow scoring; pinned models ignore
+    promotions.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class DetectionPipeline:
         model_dir: str | os.PathLike[str] | None = None,
         *,
         models: ModelSet | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> None:
         self.config = cfg = config or DetectionConfig()
         self.rules = RuleDetector(cfg.rules)
@@ -224,7 +228,7 @@ class DetectionPipeline:
         if models is None:
             tcn_root = cfg.resolve_model_path(model_dir, "residual") if cfg.residual.active else None
             if_root = cfg.resolve_model_path(model_dir, "multivariate") if cfg.multivariate.active else None
-            self.loader: ModelLoader | None = ModelLoader(tcn_root, if_root)
+            self.loader: ModelLoader | None = ModelLoader(tcn_root, if_root, pinned=versions)
             self._fingerprint = self.loader.fingerprint()
             models = self.loader.load()
         else:
