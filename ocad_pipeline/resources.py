@@ -57,10 +57,13 @@ class DatasetSettings(dg.ConfigurableResource):
 
 class ModelRegistryResource(dg.ConfigurableResource):
     """The file-system model registry (``ocad_detectors.registry``) the training assets write
-    versions to; ``root`` defaults to ``<data dir>/models``. The first version of a model is
-    promoted to production automatically; later ones stay candidates until promoted."""
+    versions to; ``root`` defaults to ``<data dir>/models``. New versions are candidates; the
+    quality gate (performance_reports) and model_promotion decide what becomes production."""
 
     root: str = os.path.join(DEFAULT_DATA_DIR, "models")
+    #: False since the quality gate exists: versions stay candidates until model_promotion
+    #: (after the gate) or `ocad-models promote` makes them production
+    auto_promote_first: bool = False
 
     def get_registry(self) -> ModelRegistry:
-        return ModelRegistry(self.root)
+        return ModelRegistry(self.root, auto_promote_first=self.auto_promote_first)

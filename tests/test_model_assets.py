@@ -50,7 +50,9 @@ def test_models_materialize_from_scratch(trained):
     reg = ModelRegistry(root / "models")
     assert set(reg.list_models()) == {*TCN_NAMES, "isolation_forest"}
     for name in (*TCN_NAMES, "isolation_forest"):
-        assert reg.production_version(name) == "1.0.0"  # first version: auto-promoted
+        # new versions are candidates: the quality gate (performance_reports) decides promotion
+        assert reg.production_version(name) is None
+        assert [v.status for v in reg.list_versions(name)] == ["candidate"]
         vdir = root / "models" / name / "1.0.0"
         meta = json.loads((vdir / "metadata.json").read_text())
         assert meta["dagster_run_id"] == result.run_id
@@ -102,8 +104,8 @@ def test_rematerializing_adds_a_candidate_version(trained):
     reg = ModelRegistry(root / "models")
     for name in (*TCN_NAMES, "isolation_forest"):
         versions = {v.version: v.status for v in reg.list_versions(name)}
-        assert versions == {"1.0.0": "production", "1.1.0": "candidate"}  # later promotions are explicit
-        assert reg.production_version(name) == "1.0.0"
+        assert versions == {"1.0.0": "candidate", "1.1.0": "candidate"}  # promotion happens after the gate
+        assert reg.production_version(name) is None
     # same data, same seed: byte-identical TCN weights, same data version
     for name in TCN_NAMES:
         a, b = reg.load_version(name, "1.0.0"), reg.load_version(name, "1.1.0")

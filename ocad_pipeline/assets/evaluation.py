@@ -1,0 +1,269 @@
+"""Group ``evaluation``: performance reports, the quality gate and promotion.
+
+``performance_reports`` replays the validation and test streams through the thin detector
+package with the newest (candidate) model versions and with the production versions, writes
+``performance_report.json`` (seed section 6.2) next to every candidate version, and evaluates
+the blocking ``quality_gate`` check. ``model_promotion`` runs only when that check passed.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
+
+from ocad_pipeline.evaluation import pr_curve, roc_curve
+from ocad_pipeline.plots import TYPE_COLORS, figure_markdown
+from ocad_pipeline.reporting import GateTargets, SCORES, evaluate_versions, gate, latest_versions, production_versions
+from ocad_pipeline.resources import ModelRegistryResource, OcadPaths
+
+REPORT_NAME = "performance_report.json"
+
+
+class QualityGateConfig(dg.Config):
+    """Targets of the quality gate (defaults: the seed's 6.1.2 / 6.1.3) and evaluation settings."""
+
+    precision: float = 0.90
+    recall: float = 0.85
+    f1: float = 0.87
+    false_alarm_rate: float = 0.06
+    roc_auc: float = 0.92
+    mttd_seconds: float = 20.0
+    lead_time_minutes: float = 4.0
+    latency_p95_ms: float = 100.0
+    model_size_mb: float = 10.0
+    memory_mb: float = 100.0
+    f1_tolerance: float = 0.01
+    far_tolerance: float = 0.005
+    mttd_tolerance_s: float = 5.0
+    lead_time_tolerance_min: float = 0.5
+    #: with no production version yet, let a candidate that misses targets through (reasons kept)
+    bootstrap: bool = True
+    probe_samples: int = 3000
+    timeline_endpoint: Optional[str] = None
+
+    def targets(self) -> GateTargets:
+        return GateTargets(**{k: v for k, v in self.model_dump().items() if k in GateTargets.__dataclass_fields__})
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _detection_table(report: dict) -> str:
+    det = report["detectors"]
+    if not det.get("available", True):
+        return "_detection metrics are not available: the data has no labels_"
+    rows = [
+        "| detector | threshold (val) | point P | point R | point F1 | FAR | ROC-AUC | event P | event R | event F1 | MTTD s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in SCORES:
+        d = det[name]
+        p, e = d["pointwise"], d["eventwise"]
+        rows.append(
+            f"| {name} | {_fmt(d['threshold'])} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['f1_score'])} | "
+            f"{_fmt(p['false_alarm_rate'])} | {_fmt(p['roc_auc'])} | {_fmt(e['precision'])} | {_fmt(e['recall'])} | "
+            f"{_fmt(e['f1_score'])} | {_fmt(e['mttd_seconds'])} |"
+        )
+    a = det["alerts"]["eventwise"]
+    rows.append(
+        f"| **alerts** (system) | – | – | – | – | – | – | {_fmt(a['precision'])} | {_fmt(a['recall'])} | {_fmt(a['f1_score'])} | {_fmt(a['mttd_seconds'])} |"
+    )
+    return "\n".join(rows) + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples is one predicted event."
+
+
+def _gate_table(g: dict, cand: dict) -> str:
+    ad, op = cand["anomaly_detection"], cand["operational_metrics"]
+    t = g["targets"]
+    rows = ["| metric | candidate | target |", "|---|---:|---:|"]
+    if ad.get("available", True):
+        for k, tk, sign in (("precision", "precision", ">"), ("recall", "recall", ">"), ("f1_score", "f1", ">"),
+                            ("false_alarm_rate", "false_alarm_rate", "<"), ("roc_auc", "roc_auc", ">")):
+            rows.append(f"| {k} | {_fmt(ad[k])} | {sign} {t[tk]} |")
+    for k, tk, sign in (("mttd_seconds", "mttd_seconds", "<"), ("lead_time_minutes", "lead_time_minutes", ">="),
+                        ("inference_latency_p95_ms", "latency_p95_ms", "<"), ("model_size_mb", "model_size_mb", "<"),
+                        ("memory_usage_mb", "memory_mb", "<")):
+        rows.append(f"| {k} | {_fmt(op[k])} | {sign} {t[tk]} |")
+    out = "\n".join(rows)
+    if g["comparison"]:
+        out += "\n\n| vs production | candidate | production | not worse |\n|---|---:|---:|---|\n"
+        out += "\n".join(f"| {r['metric']} | {_fmt(r['candidate'])} | {_fmt(r['production'])} | {'yes' if r['not_worse'] else '**no**'} |" for r in g["comparison"])
+    verdict = "PASSED" if g["passed"] else "FAILED"
+    if g["bootstrap"]:
+        verdict += " (bootstrap: no production version yet, promoted although targets are missed)"
+    out += f"\n\n**{verdict}**" + ("".join(f"\n- {r}" for r in g["reasons"]) if g["reasons"] else "")
+    return out
+
+
+def _curves(test: pd.DataFrame) -> str:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    y = test["is_anomaly"].to_numpy()
+    for name in SCORES:
+        col = "composite" if name == "composite" else f"score_{name}"
+        s = test[col].to_numpy()
+        fpr, tpr = roc_curve(y, s)
+        rec, prec = pr_curve(y, s)
+        lw = 2.2 if name == "composite" else 1.0
+        a1.plot(fpr, tpr, lw=lw, label=name)
+        a2.plot(rec, prec, lw=lw, label=name)
+    a1.plot([0, 1], [0, 1], "k:", lw=0.6)
+    a1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test, point-wise)")
+    a2.set(xlabel="recall", ylabel="precision", title="precision-recall (test, point-wise)")
+    a1.legend(fontsize=7)
+    return figure_markdown(fig, "roc and pr")
+
+
+def _timeline(test: pd.DataFrame, raw_test: pd.DataFrame, incidents: pd.DataFrame, endpoint: str, threshold: float) -> str:
+    sel = (raw_test["endpoint_id"] == endpoint).to_numpy()
+    g = raw_test[sel]
+    sc = test[sel]
+    t = pd.to_datetime(g["timestamp_ms"].to_numpy(), unit="ms", utc=True)
+    sigs = [s for s in VALUE_SIGNALS if g[s].notna().any()]
+    fig, axes = plt.subplots(len(sigs) + 1, 1, figsize=(11, 1.9 * (len(sigs) + 1)), sharex=True, squeeze=False)
+    inc = incidents[(incidents["endpoint_id"] == endpoint) & (incidents["end"] >= g["timestamp_ms"].min()) & (incidents["start"] <= g["timestamp_ms"].max())]
+    for ax, s in zip(axes[:-1, 0], sigs):
+        ax.plot(t, g[s].to_numpy(), lw=0.6)
+        ax.set_ylabel(f"{s}\n[{SIGNALS[s].unit}]", fontsize=7)
+    ax = axes[-1, 0]
+    ax.plot(t, sc["composite"].to_numpy(), lw=0.7, color="black", label="composite")
+    ax.axhline(threshold, color="grey", ls="--", lw=0.6, label="threshold (val)")
+    al = sc["alert"].to_numpy()
+    ax.scatter(t[al], sc["composite"].to_numpy()[al], color="red", s=14, zorder=3, label="alert")
+    ax.set_ylabel("score", fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    for a in axes[:, 0]:
+        for r in inc.itertuples():
+            a.axvspan(pd.to_datetime(r.start, unit="ms", utc=True), pd.to_datetime(r.end, unit="ms", utc=True),
+                      color=TYPE_COLORS.get(str(r.type), "grey"), alpha=0.25, lw=0)
+    axes[0, 0].set_title(f"{endpoint}: test stream, incidents shaded, composite score and alerts", fontsize=9)
+    return figure_markdown(fig, "timeline")
+
+
+@dg.asset(
+    group_name="evaluation",
+    io_manager_key="tables",
+    metadata={"ocad/files": {"summary": "reports/candidates.parquet"}},
+    deps=["tcn_models", "isolation_forest_model"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "quality_gate",
+            asset="performance_reports",
+            blocking=True,
+            description="candidate versions meet the seed's targets and are not worse than production on the same test stream",
+        )
+    ],
+    kinds={"pandas"},
+)
+def performance_reports(
+    context: dg.AssetExecutionContext,
+    config: QualityGateConfig,
+    sample_splits: dict[str, pd.DataFrame],
+    raw_metrics: dict[str, pd.DataFrame],
+    model_registry: ModelRegistryResource,
+    paths: OcadPaths,
+):
+    """Forecast accuracy, detection (per detector and fused; point-wise and event-wise; thresholds
+    from validation only), MTTD, lead time, latency, model size and memory of the newest model
+    versions, measured through the thin detector package on the test split and compared with
+    production. Writes performance_report.json into each candidate version's registry folder
+    (reports/) and data/reports/; the quality_gate check decides promotion."""
+    reg = model_registry.get_registry()
+    root = Path(model_registry.root)
+    cand = latest_versions(reg)
+    if not cand:
+        raise dg.Failure("no model versions in the registry: materialize tcn_models and isolation_forest_model first")
+    prod = production_versions(reg)
+    labelled = bool(raw_metrics["source"]["labelled"].iloc[0]) if "source" in raw_metrics else True
+    val, test = sample_splits["val"], sample_splits["test"]
+    incidents = raw_metrics["incidents"]
+    context.log.info(f"evaluating candidates {cand} (production: {prod or 'none'})")
+    report, scored, per_incident = evaluate_versions(root, cand, val, test, incidents, labelled, config.probe_samples)
+    prod_report = None
+    if prod and prod != cand:
+        context.log.info(f"evaluating production {prod} on the same streams")
+        prod_report, _, _ = evaluate_versions(root, {**cand, **prod}, val, test, incidents, labelled, config.probe_samples)
+    decision = gate(report, prod_report, config.targets(), bootstrap=config.bootstrap and not prod)
+    report["gate"] = decision
+    report["production"] = {"versions": prod, "report": prod_report}
+    report["dagster_run_id"] = context.run_id
+    blob = json.dumps(report, indent=2, default=float).encode()
+    written = []
+    for name, v in cand.items():
+        written.append(str(reg.write_report(name, v, REPORT_NAME, blob)))
+    out_dir = paths.root / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_NAME).write_bytes(blob)
+    if not per_incident.empty:
+        per_incident.to_csv(out_dir / "incidents_detected.csv", index=False)
+    _track(report, cand, blob)
+
+    summary = pd.DataFrame(
+        [{"model": n, "candidate": v, "production": prod.get(n), "gate_passed": decision["passed"]} for n, v in sorted(cand.items())]
+    )
+    md: dict = {
+        "versions": dg.MetadataValue.md(summary.to_markdown(index=False)),
+        "gate": dg.MetadataValue.md(_gate_table(decision, report)),
+        "report_paths": dg.MetadataValue.json({"registry": written, "copy": str(out_dir / REPORT_NAME)}),
+        "operational": dg.MetadataValue.json(report["operational_metrics"]),
+    }
+    if labelled:
+        md["detection"] = dg.MetadataValue.md(_detection_table(report))
+        md["roc_pr"] = dg.MetadataValue.md(_curves(scored))
+        ep = config.timeline_endpoint or str(incidents[incidents["endpoint_id"].isin(test["endpoint_id"].unique())]["endpoint_id"].mode().iloc[0])
+        md["timeline"] = dg.MetadataValue.md(_timeline(scored, test.reset_index(drop=True), incidents, ep, report["detectors"]["composite"]["threshold"]))
+        md["f1_event_alerts"] = report["anomaly_detection"]["f1_score"]
+        md["mttd_seconds"] = report["operational_metrics"]["mttd_seconds"] if report["operational_metrics"]["mttd_seconds"] is not None else float("nan")
+    else:
+        md["detection"] = dg.MetadataValue.md("_the data has no labels: detection metrics are not available_")
+    forecast = report["prediction_accuracy"]
+    if any(forecast.values()):
+        rows = ["| metric | predictor | R² | MSE | MAE | RMSE |", "|---|---|---:|---:|---:|---:|"]
+        for m, f in forecast.items():
+            for p, v in (f or {}).items():
+                rows.append(f"| {m} | {p} | {_fmt(v.get('r2'))} | {_fmt(v.get('mse'))} | {_fmt(v.get('mae'))} | {_fmt(v.get('rmse'))} |")
+        md["forecast"] = dg.MetadataValue.md("\n".join(rows))
+    yield dg.Output({"summary": summary}, metadata=md)
+    yield dg.AssetCheckResult(
+        check_name="quality_gate",
+        passed=bool(decision["passed"]),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"gate": dg.MetadataValue.md(_gate_table(decision, report)), "reasons": dg.MetadataValue.json(decision["reasons"])},
+    )
+
+
+@dg.asset(group_name="evaluation", kinds={"python"})
+def model_promotion(context: dg.AssetExecutionContext, performance_reports: dict[str, pd.DataFrame], model_registry: ModelRegistryResource):
+    """Promote the candidate versions to production. Runs only when the quality_gate check of
+    performance_reports passed (blocking check); a manual `ocad-models promote/rollback` stays
+    possible at any time."""
+    reg = model_registry.get_registry()
+    rows = []
+    for r in performance_reports["summary"].itertuples():
+        before = reg.production_version(r.model)
+        if before == r.candidate:
+            rows.append({"model": r.model, "production": before, "action": "unchanged"})
+            continue
+        reg.promote(r.model, r.candidate, reason="quality gate passed (performance_reports)")
+        rows.append({"model": r.model, "production": r.candidate, "action": f"promoted from {before}"})
+        context.log.info(f"promoted {r.model} {r.candidate} (was {before})")
+    table = pd.DataFrame(rows)
+    return dg.MaterializeResult(metadata={"promotions": dg.MetadataValue.md(table.to_markdown(index=False))})
+
+
+def _track(report: dict, versions: dict, blob: bytes) -> None:
+    """Log to MLflow when MLFLOW_TRACKING_URI is set (ocad_pipeline.tracking); otherwise nothing."""
+    try:
+        from ocad_pipeline import tracking
+    except ImportError:  # tracking helper not installed in this checkout
+        return
+    tracking.log_run("performance_reports", params={"versions": versions}, metrics=report, artifacts={REPORT_NAME: blob.decode()})
