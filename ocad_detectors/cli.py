@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="detection YAML (see config/detection.example.yaml); default: built-in defaults")
     p.add_argument("--model-dir", type=Path, help="model registry root (overrides config and $OCAD_MODEL_DIR)")
     p.add_argument("--format", choices=("auto", "wide", "long"), default="auto", help="input layout (default: auto-detect)")
+    p.add_argument(
+        "--signal-map", action="append", default=[], metavar="NAME=SIGNAL",
+        help="read column / metric NAME as an OCAD signal, e.g. rtt=udp_echo_rtt_ms (repeatable)",
+    )
+    p.add_argument(
+        "--unit", action="append", default=[], metavar="SIGNAL=UNIT",
+        help="unit of a wide column (ns, us, ms, s), converted to the signal's unit, e.g. ecpri_ow_us=ms "
+        "(repeatable; long files may carry a 'unit' column instead)",
+    )
     p.add_argument("--alerts", default="-", metavar="PATH", help="alerts as JSON lines; '-' = stdout (default)")
     p.add_argument("--scores", type=Path, metavar="PATH", help="per-sample scores as Parquet (.csv also accepted)")
     bar = p.add_mutually_exclusive_group()
@@ -58,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary table, only warnings")
     p.add_argument("-v", "--verbose", action="store_true", help="log model loading and reloads")
     return p
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise ValueError(f"{flag} expects NAME=VALUE, got {it!r}")
+        out[k.strip()] = v.strip()
+    return out
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -154,7 +173,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
 
     try:
         config = load_config(args.config) if args.config else DetectionConfig()
-        frame = read_samples(args.input, args.format)
+        frame = read_samples(args.input, args.format, _pairs(args.signal_map, "--signal-map"), _pairs(args.unit, "--unit"))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=err)
         return 2

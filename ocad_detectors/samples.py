@@ -373,8 +373,43 @@ def long_to_wide(df: pd.DataFrame, timestamp_column: str = "timestamp_ms") -> pd
     return pd.DataFrame(out)
 
 
-def read_samples(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+def _apply_units(values: np.ndarray, units: np.ndarray | str | None, signal: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert numeric cells from ``units`` (per row or one for the column) to ``signal``'s own
+    unit (ms, µs); returns the values and a per-row error text (None where fine)."""
+    from ocad_detectors.recorded import UNIT_FACTORS
+
+    target_ms = {"ms": 1.0, "us": 1e-3}[SIGNALS[signal].unit]
+    out = np.asarray(values, dtype=object).copy()
+    errs = np.full(len(out), None, dtype=object)
+    if units is None:
+        return out, errs
+    per_row = np.broadcast_to(np.asarray(units, dtype=object), (len(out),))
+    for i in range(len(out)):
+        u = per_row[i]
+        if u is None or (isinstance(u, float) and u != u) or u == "":
+            continue
+        u = str(u).strip()
+        if u not in UNIT_FACTORS:
+            errs[i] = f"{signal}: unknown unit {u!r}; known: {', '.join(UNIT_FACTORS)}"
+            continue
+        v = out[i]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[i] = float(v) * UNIT_FACTORS[u] / target_ms
+    return out, errs
+
+
+def read_samples(
+    path: str | Path,
+    fmt: str = "auto",
+    signal_map: Mapping[str, str] | None = None,
+    units: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """Read a CSV or Parquet file into a wide frame, one row per sample, in file order.
+
+    ``signal_map`` renames other column / metric names to OCAD signals (e.g.
+    ``{"rtt": "udp_echo_rtt_ms"}``); ``units`` gives the unit of wide columns (``ns, us, ms, s``)
+    and long files may carry a ``unit`` column: values are converted to each signal's own unit,
+    the same rules as :mod:`ocad_detectors.recorded` (the pipeline's reader).
 
     Lenient on purpose (unlike :mod:`ocad_detectors.recorded`, which rejects a bad file): a
     bad cell stays in the frame as it was read and becomes an ``invalid`` result, so every
@@ -392,8 +427,13 @@ def read_samples(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         raw = pd.read_parquet(p)
     else:
         raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
-    cols = [str(c) for c in raw.columns]
+    signal_map = dict(signal_map or {})
+    bad_map = {k: v for k, v in signal_map.items() if v not in SIGNAL_ORDER}
+    if bad_map:
+        raise ValueError(f"signal_map targets unknown signals {bad_map}; known: {list(SIGNAL_ORDER)}")
+    cols = [signal_map.get(str(c), str(c)) for c in raw.columns]
     raw.columns = cols
+    units = {signal_map.get(k, k): v for k, v in (units or {}).items()}
     if fmt not in ("auto", "wide", "long"):
         raise ValueError(f"format must be auto, wide or long, got {fmt!r}")
     if fmt == "auto":
@@ -407,9 +447,32 @@ def read_samples(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
             raise ValueError(f"{p}: long format needs columns {list(_LONG_COLUMNS)}; missing {missing}")
         raw = raw.copy()
         raw[ts_col] = _timestamps_ms(raw[ts_col], ts_col != "timestamp_ms")
+        if signal_map:
+            raw["metric_name"] = [signal_map.get(str(m), m) for m in raw["metric_name"].to_numpy(dtype=object)]
+        unit_errs = np.full(len(raw), None, dtype=object)
+        if "unit" in cols or units:
+            metric = raw["metric_name"].to_numpy(dtype=object)
+            vals = _parse_text(raw["value"].to_numpy(dtype=object), False)
+            per_row = raw["unit"].to_numpy(dtype=object) if "unit" in cols else np.full(len(raw), None, dtype=object)
+            for sig in VALUE_SIGNALS:
+                sel = np.flatnonzero(metric == sig)
+                if len(sel):
+                    u = per_row[sel].copy()
+                    if sig in units:
+                        u = np.where(pd.isna(u), units[sig], u)
+                    conv, errs = _apply_units(vals[sel], u, sig)
+                    vals[sel] = conv
+                    unit_errs[sel] = errs
+            raw["value"] = vals
         wide = long_to_wide(raw, ts_col)
         for sig in SIGNAL_ORDER:
             wide[sig] = _parse_text(wide[sig].to_numpy(dtype=object), sig == "lbm_success")
+        if any(e is not None for e in unit_errs):
+            # a row with an unknown unit makes its sample invalid, naming the unit
+            for i in np.flatnonzero([e is not None for e in unit_errs]).tolist():
+                m = (wide["timestamp_ms"].to_numpy(dtype=object) == raw[ts_col].iloc[i]) & (wide["endpoint_id"].to_numpy(dtype=object) == raw["endpoint_id"].iloc[i])
+                for j in np.flatnonzero(m).tolist():
+                    wide.at[j, "input_error"] = unit_errs[i] if wide.at[j, "input_error"] is None else f"{wide.at[j, 'input_error']}; {unit_errs[i]}"
         return wide
     present = [s for s in SIGNAL_ORDER if s in cols]
     if not present:
@@ -419,6 +482,8 @@ def read_samples(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         if s in cols:
             col = raw[s]
             out[s] = _parse_text(col.to_numpy(dtype=object), s == "lbm_success") if col.dtype == object else col.to_numpy()
+            if s in units and s != "lbm_success":
+                out[s], _ = _apply_units(out[s].to_numpy(dtype=object), units[s], s)
         else:
             out[s] = np.full(len(raw), np.nan)
     out["input_error"] = raw["input_error"].to_numpy(dtype=object) if "input_error" in cols else None
