@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ocad_pipeline.assets import data, datasets, models, evaluation
+from ocad_pipeline.assets import comparison, data, datasets, models, evaluation, tuning
 from ocad_pipeline.io_managers import TableSetIOManager
 from ocad_pipeline.jobs import build_jobs, build_weekly_schedule
 from ocad_pipeline.resources import DEFAULT_DATA_DIR, DatasetSettings, ModelRegistryResource, OcadPaths
 
-ASSET_MODULES = [data, datasets, models, evaluation]
+ASSET_MODULES = [data, datasets, models, evaluation, tuning, comparison]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 
 ocad_pipeline_job, weekly_retraining_job = build_jobs()

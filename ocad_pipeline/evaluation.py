@@ -151,6 +151,7 @@ def eventwise(stream: pd.DataFrame, flagged: np.ndarray, incidents: pd.DataFrame
         rows,
         columns=["incident_id", "endpoint_id", "type", "detected", "first_alert_ms", "ttd_s", "ends_in_outage", "warned_before_outage", "lead_time_min"],
     )
+    per = per.astype({"detected": bool, "ends_in_outage": bool})  # empty frames come back as object columns
     n_inc = len(per)
     detected = int(per["detected"].sum()) if n_inc else 0
     prec = _safe_div(pred_true, pred_events)

@@ -88,3 +88,14 @@ def test_best_threshold_uses_given_scores_only():
     s = np.concatenate([np.linspace(0, 0.5, 90), np.linspace(0.8, 1.0, 10)])
     t, f1 = best_f1_threshold(y, s)
     assert 0.5 <= t < 0.8 and f1 == pytest.approx(1.0)
+
+
+def test_eventwise_without_incidents_in_the_stream():
+    s = _stream()
+    inc = pd.DataFrame({"incident_id": ["x"], "endpoint_id": ["other"], "type": ["spike"], "start": [0], "end": [10_000],
+                        "outage_start": pd.array([None], dtype="Int64")})
+    f = np.zeros(40, bool)
+    f[5] = True
+    m = eventwise(s, f, inc).metrics
+    assert m["incidents"] == 0 and m["predicted_events"] == 1 and m["false_alarm_events"] == 1
+    assert m["recall"] == 0.0 and m["mttd_seconds"] is None and m["lead_time_p50_minutes"] is None

@@ -84,13 +84,13 @@ def test_registered_models_load_without_torch_or_sklearn(trained):
     reg = ModelRegistry(root / "models")
     ts = pd.read_parquet(root / "processed" / "timeseries_test.parquet")
     for metric in ("udp_echo", "ecpri", "lbm"):
-        v = reg.load_version(f"tcn_{metric}")
+        v = reg.load_version(f"tcn_{metric}", "1.0.0")
         net = NumpyTCN(v.arrays("weights.safetensors"), v.metadata["architecture"])
         seq = np.stack(ts.loc[ts["metric_type"] == metric, "sequence"].to_numpy())[:50]
         seq = seq[np.isfinite(seq).all(axis=1)]
         sc = v.metadata["scaler"]
         assert np.isfinite(net.predict((seq - sc["mean"]) / sc["std"])).all()
-    v = reg.load_version("isolation_forest")
+    v = reg.load_version("isolation_forest", "1.0.0")
     arrays = v.arrays("forest.safetensors")
     for g, gm in v.metadata["groups"].items():
         forest = NumpyIsolationForest({k[len(g) + 1 :]: a for k, a in arrays.items() if k.startswith(g + "/")})

@@ -32,6 +32,7 @@ def test_weekly_job_covers_data_to_models_but_not_tuning_by_default():
     weekly = jobs.retrain_selection(include_tuning=False).resolve(graph)
     keys = {k.to_user_string() for k in weekly}
     assert {"raw_metrics", "timeseries_splits", "multivariate_splits", "tcn_models", "isolation_forest_model"} <= keys
+    assert "mode_comparison" not in keys and "performance_reports" in keys and "model_promotion" in keys
     tuning = dg.AssetSelection.groups("tuning").resolve(graph)
     assert not (weekly & tuning)
     with_tuning = jobs.retrain_selection(include_tuning=True).resolve(graph)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
+from ocad_pipeline import tracking
 
 from ocad_pipeline.evaluation import pr_curve, roc_curve
 from ocad_pipeline.plots import TYPE_COLORS, figure_markdown
@@ -261,9 +262,5 @@ def model_promotion(context: dg.AssetExecutionContext, performance_reports: dict
 
 
 def _track(report: dict, versions: dict, blob: bytes) -> None:
-    """Log to MLflow when MLFLOW_TRACKING_URI is set (ocad_pipeline.tracking); otherwise nothing."""
-    try:
-        from ocad_pipeline import tracking
-    except ImportError:  # tracking helper not installed in this checkout
-        return
+    """Log to MLflow when MLFLOW_TRACKING_URI is set; otherwise nothing happens (and nothing is imported)."""
     tracking.log_run("performance_reports", params={"versions": versions}, metrics=report, artifacts={REPORT_NAME: blob.decode()})

@@ -7,6 +7,7 @@ materialization metadata. The first version of a model is promoted to production
 registry; later versions stay candidates until promoted explicitly (``ocad-models promote``).
 """
 
+import dataclasses
 import math
 import time
 
@@ -16,8 +17,8 @@ import pandas as pd
 
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.resources import DatasetSettings, ModelRegistryResource
-from ocad_pipeline.training import code_version, dataframes_sha256, utc_now
+from ocad_pipeline.resources import DatasetSettings, ModelRegistryResource, OcadPaths
+from ocad_pipeline.training import code_version, dataframes_sha256, json_safe, utc_now
 from ocad_pipeline.training.iforest import (
     MODEL_NAME as IFOREST_MODEL_NAME,
     IsolationForestParams,
@@ -25,6 +26,7 @@ from ocad_pipeline.training.iforest import (
     train_isolation_forest,
 )
 from ocad_pipeline.training.metrics import forecast_table_markdown
+from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 from ocad_pipeline.training.tcn import (
     TCNParams,
     evaluate_forecasts,
@@ -41,7 +43,14 @@ class TCNTrainingConfig(dg.Config):
     ``sequence_length`` must equal the length of the ``sequence`` arrays in timeseries_splits
     (DatasetSettings.sequence_length). ``max_train_windows`` caps the normal training windows
     per metric (seeded random subset; 0 = all). Defaults take about 1.5 min on 2 CPU cores.
+
+    ``use_tuned_params``: take learning_rate, hidden_channels, dilations, kernel_size and
+    dropout of each metric type from the best trial of its Optuna study
+    (``data/tuning/tcn_hyperparameters.json``, written by the ``tcn_hyperparameters`` asset);
+    the other settings stay as configured here. Fails when that file does not exist.
     """
+
+    use_tuned_params: bool = False
 
     sequence_length: int = 10
     hidden_channels: int = 32
@@ -60,6 +69,7 @@ class TCNTrainingConfig(dg.Config):
 
     def to_params(self) -> TCNParams:
         d = self.model_dump()
+        d.pop("use_tuned_params")
         d["dilations"] = tuple(d["dilations"])
         d["max_train_windows"] = d["max_train_windows"] or None
         return TCNParams(**d)
@@ -72,7 +82,13 @@ class IsolationForestConfig(dg.Config):
     ``threshold_strategy``: "f1" (maximize F1 on validation labels; falls back to the quantile
     when a group's validation rows hold no anomaly) or "quantile" (``threshold_quantile`` of
     normal validation scores).
+
+    ``use_tuned_params``: take n_estimators, max_samples, max_features and the threshold rule
+    from the best trial of the Optuna study (``data/tuning/isolation_forest_hyperparameters.json``,
+    written by ``isolation_forest_hyperparameters``); cv_folds and seed stay as configured.
     """
+
+    use_tuned_params: bool = False
 
     n_estimators: int = 200
     max_samples: str = "auto"
@@ -84,6 +100,7 @@ class IsolationForestConfig(dg.Config):
 
     def to_params(self) -> IsolationForestParams:
         d = self.model_dump()
+        d.pop("use_tuned_params")
         ms = d["max_samples"].strip()
         if ms != "auto":
             try:
@@ -101,6 +118,28 @@ def _provenance(context: dg.AssetExecutionContext, frames: dict[str, pd.DataFram
         "code_version": code_version(),
         "hyperparameters_source": "defaults",
     }
+
+
+def _tuned(
+    context: dg.AssetExecutionContext, paths: OcadPaths, asset: str, key: str, data_version: str
+) -> tuple[dict, dict]:
+    """``(trainer overrides, metadata.json "tuning" block)`` of study ``key`` in the result file
+    of tuning asset ``asset``; a ``dg.Failure`` naming the command to run when it is missing."""
+    try:
+        overrides, block = tuned_params_for(load_tuning_result(paths.root, asset), key, asset)
+    except TuningResultMissing as exc:
+        raise dg.Failure(str(exc)) from exc
+    block["same_data_version"] = block.get("tuning_data_version") == data_version
+    if not block["same_data_version"]:
+        context.log.warning(
+            f"{key}: the tuned parameters come from data {str(block.get('tuning_data_version'))[:12]}..., "
+            f"this model trains on {data_version[:12]}... (rerun {asset} to tune on the current data)"
+        )
+    context.log.info(
+        f"{key}: hyperparameters from Optuna study {block['study_name']} (trial {block['best_trial']}, "
+        f"value {block['best_value']:.6g}, {block['n_trials']} trials): {overrides}"
+    )
+    return overrides, block
 
 
 def _learning_curves(results) -> str:
@@ -135,6 +174,7 @@ def tcn_models(
     config: TCNTrainingConfig,
     timeseries_splits: dict[str, pd.DataFrame],
     model_registry: ModelRegistryResource,
+    paths: OcadPaths,
 ) -> dg.MaterializeResult:
     """Causal dilated 1-D CNN (TCN) forecasters, one per metric type (udp_echo, ecpri, lbm):
     the next value from the previous N values only. Trained on normal windows (scaler from the
@@ -142,14 +182,24 @@ def tcn_models(
     seeded and reproducible on CPU. Each model is a new registry version (tcn_udp_echo,
     tcn_ecpri, tcn_lbm under data/models/): weights.safetensors + metadata.json with the scaler,
     residual scale, config, data hash, run id, code version and test forecast metrics against
-    the last-value and window-mean baselines."""
-    params = config.to_params()
+    the last-value and window-mean baselines. With use_tuned_params: true each metric type
+    takes its architecture and optimizer settings from its Optuna study (tcn_hyperparameters);
+    metadata.json records hyperparameters_source ("defaults" or "optuna") and the study."""
+    base_params = config.to_params()
     registry = model_registry.get_registry()
     prov = _provenance(context, timeseries_splits)
     results, reports, rows = {}, {}, []
     metadata: dict = {}
+    used_params: dict = {}
     t_all = time.perf_counter()
+    # resolve every metric's parameters before training anything (a missing study fails early)
+    tuned = {m: _tuned(context, paths, "tcn_hyperparameters", m, prov["data_version"]) for m in METRIC_TYPES} if config.use_tuned_params else {}
     for metric in METRIC_TYPES:
+        params, tuning, metric_prov = base_params, None, prov
+        if metric in tuned:
+            overrides, tuning = tuned[metric]
+            params = dataclasses.replace(base_params, **{**overrides, "dilations": tuple(overrides["dilations"])})
+            metric_prov = {**prov, "hyperparameters_source": "optuna"}
         windows = prepare_metric_windows(timeseries_splits, metric, params.sequence_length)
         context.log.info(
             f"tcn_{metric}: {windows.counts['train']['used']} normal training windows "
@@ -158,8 +208,11 @@ def tcn_models(
         )
         result = train_tcn(windows, params, log=context.log.info)
         report = evaluate_forecasts(result, windows, "test")
-        files, meta = tcn_version_payload(result, windows, prov, report)
+        files, meta = tcn_version_payload(result, windows, metric_prov, report)
+        if tuning is not None:
+            meta["tuning"] = json_safe(tuning)
         info = registry.write_version(tcn_model_name(metric), files, meta)
+        used_params[metric] = {"source": metric_prov["hyperparameters_source"], **params.to_dict()}
         size = sum(len(b) for b in files.values())
         context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
         results[metric], reports[metric] = result, report
@@ -181,8 +234,11 @@ def tcn_models(
                 f"{metric}/train_seconds": round(result.train_seconds, 2),
                 f"{metric}/test_mse_vs_last_value": _ratio(report["tcn"]["mse"], report["last_value"]["mse"]),
                 f"{metric}/test_r2": float(report["tcn"]["r2"]),
+                f"{metric}/hyperparameters_source": metric_prov["hyperparameters_source"],
             }
         )
+        if tuning is not None:
+            metadata[f"{metric}/tuning_study"] = f"{tuning['study_name']} (trial {tuning['best_trial']})"
     units = ", ".join(f"{m}: {SIGNALS[METRIC_SIGNAL[m]].unit}" for m in METRIC_TYPES)
     metadata = {
         "forecast_metrics": dg.MetadataValue.md(
@@ -202,7 +258,9 @@ def tcn_models(
         "registry_root": dg.MetadataValue.path(str(registry.root)),
         "data_version": prov["data_version"],
         "code_version": prov["code_version"],
-        "config": dg.MetadataValue.json(params.to_dict()),
+        "config": dg.MetadataValue.json(base_params.to_dict()),
+        "hyperparameters": dg.MetadataValue.json(used_params),
+        "hyperparameters_source": "optuna" if config.use_tuned_params else "defaults",
         "train_seconds_total": round(time.perf_counter() - t_all, 2),
         **metadata,
     }
@@ -261,19 +319,31 @@ def isolation_forest_model(
     reference_stats: dict[str, pd.DataFrame],
     dataset_settings: DatasetSettings,
     model_registry: ModelRegistryResource,
+    paths: OcadPaths,
 ) -> dg.MaterializeResult:
     """Isolation Forest per capability group (e.g. ecpri+lbm+udp_echo, lbm): scaler + scikit-learn
     IsolationForest fitted on normal training feature vectors of the shared feature engine,
     5-fold cross-validation (score stability across folds), decision threshold calibrated on
     the validation split only. Registered as a new version of isolation_forest
     (forest.safetensors with the exported trees of every group + metadata.json with features,
-    scalers, thresholds, feature config and reference statistics)."""
+    scalers, thresholds, feature config and reference statistics). With use_tuned_params:
+    true the forest size, subsample, feature share and threshold rule come from the Optuna
+    study (isolation_forest_hyperparameters); metadata.json records hyperparameters_source."""
     params = config.to_params()
     registry = model_registry.get_registry()
     prov = _provenance(context, {**{f"multivariate_{k}": v for k, v in multivariate_splits.items()}, "reference_stats": reference_stats["stats"]})
+    tuning = None
+    if config.use_tuned_params:
+        overrides, tuning = _tuned(context, paths, "isolation_forest_hyperparameters", "isolation_forest", prov["data_version"])
+        if "max_samples" in overrides and overrides["max_samples"] != "auto":
+            overrides["max_samples"] = int(overrides["max_samples"])
+        params = dataclasses.replace(params, **overrides)
+        prov = {**prov, "hyperparameters_source": "optuna"}
     result = train_isolation_forest(multivariate_splits, params, log=context.log.info)
     fcfg = dataset_settings.split_config().feature_config
     files, meta = iforest_version_payload(result, fcfg, reference_stats["stats"], prov)
+    if tuning is not None:
+        meta["tuning"] = json_safe(tuning)
     info = registry.write_version(IFOREST_MODEL_NAME, files, meta)
     size = sum(len(b) for b in files.values())
     context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
@@ -293,6 +363,7 @@ def isolation_forest_model(
         "data_version": prov["data_version"],
         "code_version": prov["code_version"],
         "config": dg.MetadataValue.json(params.to_dict()),
+        "hyperparameters_source": prov["hyperparameters_source"],
         "train_seconds": round(result.train_seconds, 2),
         "models": dg.MetadataValue.md(_versions_table(
             [{"model": info.model_name, "version": info.version, "status": info.status, "path": str(info.path), "size": size}]

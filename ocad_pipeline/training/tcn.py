@@ -277,10 +277,14 @@ def train_tcn(
     windows: MetricWindows,
     params: TCNParams,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> TCNTrainResult:
     """Train one forecaster on ``windows`` (train split; val for early stopping).
 
-    ``log`` receives one line per epoch (train loss, val loss, best so far).
+    ``log`` receives one line per epoch (train loss, val loss, best so far). ``on_epoch`` (optional)
+    is called after every epoch with ``(epoch, train_loss, val_loss)`` (1-based epoch, scaled
+    MSE); an exception it raises stops training and propagates (hyperparameter tuning raises
+    ``optuna.TrialPruned`` from it to prune a trial).
     """
     if windows.sequence_length != params.sequence_length:
         raise ValueError(
@@ -339,6 +343,8 @@ def train_tcn(
                     f"tcn_{windows.metric_type} epoch {epoch}/{params.max_epochs}: train_loss={train_loss[-1]:.6f} "
                     f"val_loss={val_loss[-1]:.6f} best_epoch={best_epoch}{' *' if improved else ''} lr={lr:.2e}"
                 )
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss[-1], val_loss[-1])
             if since_best >= params.patience:
                 stopped_early = epoch < params.max_epochs
                 break
