@@ -17,10 +17,14 @@ Definitions (the report states them next to the numbers):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from ocad_pipeline.training.metrics import best_f1_threshold as _exact_best_f1
+from ocad_pipeline.training.metrics import roc_auc as _roc_auc
 
 
 def _safe_div(a: float, b: float) -> float:
@@ -32,14 +36,9 @@ def f1_from(p: float, r: float) -> float:
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
-    """Mann-Whitney AUC with average ranks for ties; None when only one class is present."""
-    y = np.asarray(y_true, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = pd.Series(s).rank(method="average").to_numpy()
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """ROC-AUC (ties averaged); None when only one class is present (JSON-friendly)."""
+    v = _roc_auc(y_true, scores)
+    return None if math.isnan(v) else v
 
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -177,20 +176,10 @@ def eventwise(stream: pd.DataFrame, flagged: np.ndarray, incidents: pd.DataFrame
     return EventResult(metrics=metrics, per_incident=per)
 
 
-def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray, candidates: int = 400) -> tuple[float, float]:
-    """Threshold (on validation data only!) that maximizes point-wise F1; returns (threshold, F1)."""
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Threshold (on validation data only!) maximizing point-wise F1 of ``score > threshold``,
+    and that F1. Without any anomaly the 99th percentile of the scores is used (F1 0)."""
     y = np.asarray(y_true, dtype=bool)
-    s = np.asarray(scores, dtype=float)
     if not y.any():
-        return float(np.quantile(s, 0.99)), 0.0
-    qs = np.unique(np.quantile(s, np.linspace(0.5, 1.0, candidates)))
-    best = (float(qs[-1]), -1.0)
-    for t in qs:
-        pred = s > t
-        tp = (pred & y).sum()
-        p = _safe_div(tp, pred.sum())
-        r = _safe_div(tp, y.sum())
-        f = f1_from(p, r)
-        if f > best[1]:
-            best = (float(t), f)
-    return best
+        return float(np.quantile(np.asarray(scores, dtype=float), 0.99)), 0.0
+    return _exact_best_f1(y, scores)
