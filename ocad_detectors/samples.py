@@ -465,6 +465,11 @@ def read_samples(
                     unit_errs[sel] = errs
             raw["value"] = vals
         wide = long_to_wide(raw, ts_col)
+        # a long file's row order says nothing about sample order (a sample is spread over
+        # rows, and a signal missing at one time shifts its "first appearance"): order samples
+        # by time, stably; unreadable timestamps go last and are reported invalid there
+        key = np.array([t if isinstance(t, int) and not isinstance(t, bool) else np.inf for t in wide["timestamp_ms"].tolist()], dtype=float)
+        wide = wide.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
         for sig in SIGNAL_ORDER:
             wide[sig] = _parse_text(wide[sig].to_numpy(dtype=object), sig == "lbm_success")
         if any(e is not None for e in unit_errs):

@@ -2,7 +2,8 @@
 
 Healthy series are deliberately *not* i.i.d. (see shared/docs/DOMAIN.md): each endpoint has
 its own baseline, a daily load cycle, AR(1) noise with a component shared by all signals of the
-endpoint (queues drain slowly, signals on one path move together) and rare benign jitter and
+endpoint (queues drain slowly, signals on one path move together), white measurement jitter,
+and rare benign jitter spikes and
 isolated lost probes that are not labelled as anomalies. On top of that, incident *episodes*
 (spike, drift, loss, concurrent, correlated) are injected with a start, an end and a severity;
 a drift may end in an outage (all probes fail) so that lead time can be measured.
@@ -157,7 +158,10 @@ def _simulate_endpoint(cfg: SimulatorConfig, seed: np.random.SeedSequence, endpo
         b = rng.uniform(lo, hi)
         sd = b * rng.uniform(0.03, 0.05)
         own = _ar1(rng, n, rng.uniform(0.8, 0.95), 1.0)
-        noise = sd * (0.6 * shared + 0.8 * own)  # var ~= sd^2
+        # queueing delay (autocorrelated, partly shared along the path) plus white timestamping
+        # jitter of the probe itself; var ~= sd^2. The jitter makes the last value a noisy
+        # forecast: a model that smooths over the window beats it, as on real probes.
+        noise = sd * (0.5 * shared + 0.6 * own + 0.6 * rng.standard_normal(n))
         jitter_on = rng.random(n) < 0.003
         jitter = np.where(jitter_on, rng.exponential(1.5 * sd, n), 0.0)
         v = b * (1.0 + load_amp * load) + noise + jitter
