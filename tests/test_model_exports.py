@@ -336,3 +336,25 @@ def test_inference_modules_import_no_training_frameworks() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("perfect", [True, False])
+def test_numpy_iforest_both_layouts_match_sklearn_exactly(perfect: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The level-ordered ('perfect') layout and the compact fallback for deep forests agree
+    bit for bit with sklearn, on clean and NaN input."""
+    import ocad_detectors.iforest as mod
+
+    if not perfect:
+        monkeypatch.setattr(mod, "_PERFECT_MIN_SLOTS", 0)
+        monkeypatch.setattr(mod, "_PERFECT_NODE_RATIO", 0)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 7))
+    forest = IsolationForest(n_estimators=60, max_samples=512, random_state=0).fit(X)
+    np_forest = NumpyIsolationForest(export_isolation_forest(forest))
+    assert np_forest._perfect is perfect
+    Xt = rng.normal(size=(500, 7)) * 2
+    np.testing.assert_array_equal(np_forest.score_samples(Xt), forest.score_samples(Xt))
+    Xn = Xt.copy()
+    Xn[rng.random(Xn.shape) < 0.1] = np.nan
+    np.testing.assert_array_equal(np_forest.score_samples(Xn), forest.score_samples(Xn))
+    np.testing.assert_array_equal(np_forest.score_samples(Xt[0]), forest.score_samples(Xt[:1]))
