@@ -6,13 +6,16 @@ import dagster as dg
 
 from ocad_pipeline.assets import comparison, data, datasets, models, evaluation, tuning
 from ocad_pipeline.io_managers import TableSetIOManager
-from ocad_pipeline.jobs import build_jobs, build_weekly_schedule
+from ocad_pipeline.jobs import build_jobs, build_weekly_schedule, executor_from_env
 from ocad_pipeline.resources import DEFAULT_DATA_DIR, DatasetSettings, ModelRegistryResource, OcadPaths
 
 ASSET_MODULES = [data, datasets, models, evaluation, tuning, comparison]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 
-ocad_pipeline_job, weekly_retraining_job = build_jobs()
+#: OCAD_EXECUTOR: for the named jobs and for the implicit asset job behind
+#: `dagster asset materialize` / "Materialize" in the UI
+EXECUTOR = executor_from_env()
+ocad_pipeline_job, weekly_retraining_job = build_jobs(EXECUTOR)
 weekly_retraining_schedule = build_weekly_schedule(weekly_retraining_job)
 
 
@@ -31,4 +34,5 @@ defs = dg.Definitions(
     jobs=[ocad_pipeline_job, weekly_retraining_job],
     schedules=[weekly_retraining_schedule],
     resources=build_resources(),
+    executor=EXECUTOR,
 )

@@ -5,6 +5,11 @@ here inputs are loaded through the ``tables`` IO manager, every model is written
 immutable registry version (safetensors weights + ``metadata.json``) and the run gets rich
 materialization metadata. The first version of a model is promoted to production by the
 registry; later versions stay candidates until promoted explicitly (``ocad-models promote``).
+
+``tcn_models`` is a graph-backed asset with one op per metric type (``train_tcn_udp_echo``,
+``train_tcn_ecpri``, ``train_tcn_lbm``) feeding ``tcn_models_report``, so the multiprocess
+executor trains the three forecasters in parallel; its run config is unchanged
+(``ops: tcn_models: config: <TCNTrainingConfig>``).
 """
 
 import dataclasses
@@ -110,7 +115,7 @@ class IsolationForestConfig(dg.Config):
         return IsolationForestParams(**d)
 
 
-def _provenance(context: dg.AssetExecutionContext, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
+def _provenance(context: dg.OpExecutionContext, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
     return {
         "training_date": utc_now(),
         "data_version": dataframes_sha256(frames),
@@ -121,7 +126,7 @@ def _provenance(context: dg.AssetExecutionContext, frames: dict[str, pd.DataFram
 
 
 def _tuned(
-    context: dg.AssetExecutionContext, paths: OcadPaths, asset: str, key: str, data_version: str
+    context: dg.OpExecutionContext, paths: OcadPaths, asset: str, key: str, data_version: str
 ) -> tuple[dict, dict]:
     """``(trainer overrides, metadata.json "tuning" block)`` of study ``key`` in the result file
     of tuning asset ``asset``; a ``dg.Failure`` naming the command to run when it is missing."""
@@ -142,13 +147,14 @@ def _tuned(
     return overrides, block
 
 
-def _learning_curves(results) -> str:
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.2), squeeze=False)
-    for ax, (metric, r) in zip(axes[0], results.items()):
-        epochs = range(1, r.epochs_run + 1)
-        ax.plot(epochs, r.train_loss, marker=".", label="train")
-        ax.plot(epochs, r.val_loss, marker=".", label="validation")
-        ax.axvline(r.best_epoch, color="grey", ls="--", lw=0.8, label=f"best epoch {r.best_epoch}")
+def _learning_curves(summaries: dict[str, dict]) -> str:
+    """One panel per metric type from the ops' summaries (train_loss, val_loss, best_epoch)."""
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.6 * len(summaries), 3.2), squeeze=False)
+    for ax, (metric, s) in zip(axes[0], summaries.items()):
+        epochs = range(1, s["epochs_run"] + 1)
+        ax.plot(epochs, s["train_loss"], marker=".", label="train")
+        ax.plot(epochs, s["val_loss"], marker=".", label="validation")
+        ax.axvline(s["best_epoch"], color="grey", ls="--", lw=0.8, label=f"best epoch {s['best_epoch']}")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(f"tcn_{metric}", fontsize=9)
@@ -168,38 +174,70 @@ def _versions_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "safetensors"})
-def tcn_models(
-    context: dg.AssetExecutionContext,
-    config: TCNTrainingConfig,
-    timeseries_splits: dict[str, pd.DataFrame],
-    model_registry: ModelRegistryResource,
-    paths: OcadPaths,
-) -> dg.MaterializeResult:
-    """Causal dilated 1-D CNN (TCN) forecasters, one per metric type (udp_echo, ecpri, lbm):
-    the next value from the previous N values only. Trained on normal windows (scaler from the
-    training split only), early stopping on validation loss with the best epoch restored,
-    seeded and reproducible on CPU. Each model is a new registry version (tcn_udp_echo,
-    tcn_ecpri, tcn_lbm under data/models/): weights.safetensors + metadata.json with the scaler,
-    residual scale, config, data hash, run id, code version and test forecast metrics against
-    the last-value and window-mean baselines. With use_tuned_params: true each metric type
-    takes its architecture and optimizer settings from its Optuna study (tcn_hyperparameters);
-    metadata.json records hyperparameters_source ("defaults" or "optuna") and the study."""
-    base_params = config.to_params()
-    registry = model_registry.get_registry()
-    prov = _provenance(context, timeseries_splits)
-    results, reports, rows = {}, {}, []
-    metadata: dict = {}
-    used_params: dict = {}
-    t_all = time.perf_counter()
-    # resolve every metric's parameters before training anything (a missing study fails early)
-    tuned = {m: _tuned(context, paths, "tcn_hyperparameters", m, prov["data_version"]) for m in METRIC_TYPES} if config.use_tuned_params else {}
-    for metric in METRIC_TYPES:
-        params, tuning, metric_prov = base_params, None, prov
-        if metric in tuned:
-            overrides, tuning = tuned[metric]
-            params = dataclasses.replace(base_params, **{**overrides, "dilations": tuple(overrides["dilations"])})
-            metric_prov = {**prov, "hyperparameters_source": "optuna"}
+# --- tcn_models: a graph-backed asset, one training op per metric type ---------------------
+#
+# The three forecasters are independent, so each trains in its own op (``train_tcn_<metric>``):
+# under the multiprocess executor they run in parallel processes, under the in-process executor
+# one after another. Each op loads ``timeseries_splits`` once through the ``tables`` IO manager
+# (the graph input), trains, writes its registry version and returns a small, picklable summary;
+# ``tcn_models_report`` fans the three summaries in and reports the combined materialization.
+# The graph takes the same config as the former single-step asset (TCNTrainingConfig under
+# ``ops: tcn_models: config``); a config mapping hands it to every op.
+
+TCN_TRAIN_OP_PREFIX = "train_tcn_"
+TCN_REPORT_OP = "tcn_models_report"
+TCN_MODELS_DESCRIPTION = """Causal dilated 1-D CNN (TCN) forecasters, one per metric type (udp_echo, ecpri, lbm):
+the next value from the previous N values only. Trained on normal windows (scaler from the
+training split only), early stopping on validation loss with the best epoch restored,
+seeded and reproducible on CPU. Each model is a new registry version (tcn_udp_echo,
+tcn_ecpri, tcn_lbm under data/models/): weights.safetensors + metadata.json with the scaler,
+residual scale, config, data hash, run id, code version and test forecast metrics against
+the last-value and window-mean baselines. With use_tuned_params: true each metric type
+takes its architecture and optimizer settings from its Optuna study (tcn_hyperparameters);
+metadata.json records hyperparameters_source ("defaults" or "optuna") and the study.
+A graph of one op per metric type (train_tcn_udp_echo, train_tcn_ecpri, train_tcn_lbm) and
+tcn_models_report: the multiprocess executor trains the three models in parallel."""
+
+
+def tcn_train_op_name(metric: str) -> str:
+    return f"{TCN_TRAIN_OP_PREFIX}{metric}"
+
+
+def _resolve_tuned(context, paths: OcadPaths, metric: str, data_version: str) -> tuple[dict, dict]:
+    """Tuned parameters of ``metric``; checks the studies of every metric type first, so that a
+    missing study fails all three ops before any of them trains (as the sequential asset did)."""
+    asset = "tcn_hyperparameters"
+    try:
+        doc = load_tuning_result(paths.root, asset)
+        for m in METRIC_TYPES:
+            tuned_params_for(doc, m, asset)
+    except TuningResultMissing as exc:
+        raise dg.Failure(str(exc)) from exc
+    return _tuned(context, paths, asset, metric, data_version)
+
+
+def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
+    @dg.op(
+        name=tcn_train_op_name(metric),
+        description=f"Train the TCN forecaster of {metric} and register it as a new version of {tcn_model_name(metric)}.",
+        tags={"ocad/metric_type": metric},
+    )
+    def _train(
+        context: dg.OpExecutionContext,
+        config: TCNTrainingConfig,
+        timeseries_splits: dict[str, pd.DataFrame],
+        model_registry: ModelRegistryResource,
+        paths: OcadPaths,
+    ) -> dg.Output[dict]:
+        started = time.time()
+        t0 = time.perf_counter()
+        params = config.to_params()
+        prov = _provenance(context, timeseries_splits)
+        tuning = None
+        if config.use_tuned_params:
+            overrides, tuning = _resolve_tuned(context, paths, metric, prov["data_version"])
+            params = dataclasses.replace(params, **{**overrides, "dilations": tuple(overrides["dilations"])})
+            prov = {**prov, "hyperparameters_source": "optuna"}
         windows = prepare_metric_windows(timeseries_splits, metric, params.sequence_length)
         context.log.info(
             f"tcn_{metric}: {windows.counts['train']['used']} normal training windows "
@@ -208,38 +246,108 @@ def tcn_models(
         )
         result = train_tcn(windows, params, log=context.log.info)
         report = evaluate_forecasts(result, windows, "test")
-        files, meta = tcn_version_payload(result, windows, metric_prov, report)
+        files, meta = tcn_version_payload(result, windows, prov, report)
         if tuning is not None:
             meta["tuning"] = json_safe(tuning)
-        info = registry.write_version(tcn_model_name(metric), files, meta)
-        used_params[metric] = {"source": metric_prov["hyperparameters_source"], **params.to_dict()}
+        info = model_registry.get_registry().write_version(tcn_model_name(metric), files, meta)
         size = sum(len(b) for b in files.values())
         context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
-        results[metric], reports[metric] = result, report
-        rows.append(
-            {"model": info.model_name, "version": info.version, "status": info.status, "path": str(info.path),
-             "size": size, "params": result.parameter_count, "best_epoch": result.best_epoch, "epochs": result.epochs_run}
+        summary = {
+            "metric": metric,
+            "model": info.model_name,
+            "version": info.version,
+            "status": info.status,
+            "path": str(info.path),
+            "size": size,
+            "parameter_count": result.parameter_count,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "best_val_loss": float(result.best_val_loss),
+            "train_loss": [float(x) for x in result.train_loss],
+            "val_loss": [float(x) for x in result.val_loss],
+            "n_train_windows": result.n_train_windows,
+            "train_seconds": float(result.train_seconds),
+            "report": report,  # pickled as is (NaN stays NaN, as in the tables)
+            "params": params.to_dict(),
+            "hyperparameters_source": prov["hyperparameters_source"],
+            "tuning_study": f"{tuning['study_name']} (trial {tuning['best_trial']})" if tuning is not None else None,
+            "data_version": prov["data_version"],
+            "code_version": prov["code_version"],
+            "step_started": started,
+            "step_seconds": time.perf_counter() - t0,
+        }
+        summary["step_finished"] = started + summary["step_seconds"]
+        return dg.Output(
+            summary,
+            metadata={
+                "model": info.model_name,
+                "version": info.version,
+                "status": info.status,
+                "registry_path": dg.MetadataValue.path(str(info.path)),
+                "file_size_bytes": size,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "best_val_loss": float(result.best_val_loss),
+                "train_seconds": round(result.train_seconds, 2),
+                "step_seconds": round(summary["step_seconds"], 2),
+                "hyperparameters_source": prov["hyperparameters_source"],
+            },
         )
+
+    return _train
+
+
+#: one training op per metric type, in METRIC_TYPES order
+TRAIN_TCN_OPS: dict[str, dg.OpDefinition] = {m: _build_train_tcn_op(m) for m in METRIC_TYPES}
+
+
+@dg.op(
+    name=TCN_REPORT_OP,
+    description="Combine the per-metric training summaries into the tcn_models materialization metadata.",
+    out=dg.Out(dg.Nothing),
+)
+def tcn_models_report(
+    context: dg.OpExecutionContext, config: TCNTrainingConfig, summaries: list[dict], model_registry: ModelRegistryResource
+) -> dg.Output:
+    summaries = sorted(summaries, key=lambda s: METRIC_TYPES.index(s["metric"]))
+    by_metric = {s["metric"]: s for s in summaries}
+    data_versions = {s["data_version"] for s in summaries}
+    if len(data_versions) != 1:  # the ops load the same upstream materialization; guard anyway
+        raise dg.Failure(f"the TCN ops trained on different data versions: {sorted(data_versions)}")
+    reports = {m: s["report"] for m, s in by_metric.items()}
+    metadata: dict = {}
+    for m, s in by_metric.items():
         metadata.update(
             {
-                f"{metric}/version": info.version,
-                f"{metric}/status": info.status,
-                f"{metric}/registry_path": dg.MetadataValue.path(str(info.path)),
-                f"{metric}/file_size_bytes": size,
-                f"{metric}/parameter_count": result.parameter_count,
-                f"{metric}/best_epoch": result.best_epoch,
-                f"{metric}/epochs_run": result.epochs_run,
-                f"{metric}/best_val_loss": float(result.best_val_loss),
-                f"{metric}/train_windows": result.n_train_windows,
-                f"{metric}/train_seconds": round(result.train_seconds, 2),
-                f"{metric}/test_mse_vs_last_value": _ratio(report["tcn"]["mse"], report["last_value"]["mse"]),
-                f"{metric}/test_r2": float(report["tcn"]["r2"]),
-                f"{metric}/hyperparameters_source": metric_prov["hyperparameters_source"],
+                f"{m}/version": s["version"],
+                f"{m}/status": s["status"],
+                f"{m}/registry_path": dg.MetadataValue.path(s["path"]),
+                f"{m}/file_size_bytes": s["size"],
+                f"{m}/parameter_count": s["parameter_count"],
+                f"{m}/best_epoch": s["best_epoch"],
+                f"{m}/epochs_run": s["epochs_run"],
+                f"{m}/best_val_loss": s["best_val_loss"],
+                f"{m}/train_windows": s["n_train_windows"],
+                f"{m}/train_seconds": round(s["train_seconds"], 2),
+                f"{m}/test_mse_vs_last_value": _ratio(s["report"]["tcn"]["mse"], s["report"]["last_value"]["mse"]),
+                f"{m}/test_r2": float(s["report"]["tcn"]["r2"]),
+                f"{m}/hyperparameters_source": s["hyperparameters_source"],
             }
         )
-        if tuning is not None:
-            metadata[f"{metric}/tuning_study"] = f"{tuning['study_name']} (trial {tuning['best_trial']})"
+        if s["tuning_study"] is not None:
+            metadata[f"{m}/tuning_study"] = s["tuning_study"]
+    rows = [
+        {"model": s["model"], "version": s["version"], "status": s["status"], "path": s["path"], "size": s["size"],
+         "params": s["parameter_count"], "best_epoch": s["best_epoch"], "epochs": s["epochs_run"]}
+        for s in summaries
+    ]
     units = ", ".join(f"{m}: {SIGNALS[METRIC_SIGNAL[m]].unit}" for m in METRIC_TYPES)
+    step_sum = sum(s["step_seconds"] for s in summaries)
+    wall = max(s["step_finished"] for s in summaries) - min(s["step_started"] for s in summaries)
+    context.log.info(
+        f"TCN training: {step_sum:.1f} s summed over the {len(summaries)} ops, {wall:.1f} s from the first op's "
+        f"start to the last op's end"
+    )
     metadata = {
         "forecast_metrics": dg.MetadataValue.md(
             "Normal test windows, errors in the signal's unit (" + units + "). `last_value` predicts the newest "
@@ -253,18 +361,38 @@ def tcn_models(
                 for m, r in reports.items()
             )
         ),
-        "learning_curves": dg.MetadataValue.md(_learning_curves(results)),
+        "learning_curves": dg.MetadataValue.md(_learning_curves(by_metric)),
         "models": dg.MetadataValue.md(_versions_table(rows)),
-        "registry_root": dg.MetadataValue.path(str(registry.root)),
-        "data_version": prov["data_version"],
-        "code_version": prov["code_version"],
-        "config": dg.MetadataValue.json(base_params.to_dict()),
-        "hyperparameters": dg.MetadataValue.json(used_params),
+        "registry_root": dg.MetadataValue.path(str(model_registry.get_registry().root)),
+        "data_version": summaries[0]["data_version"],
+        "code_version": summaries[0]["code_version"],
+        "config": dg.MetadataValue.json(config.to_params().to_dict()),
+        "hyperparameters": dg.MetadataValue.json({m: {"source": s["hyperparameters_source"], **s["params"]} for m, s in by_metric.items()}),
         "hyperparameters_source": "optuna" if config.use_tuned_params else "defaults",
-        "train_seconds_total": round(time.perf_counter() - t_all, 2),
+        # sum over the per-metric ops (what one process would need); the wall span shows the parallelism
+        "train_seconds_total": round(step_sum, 2),
+        "train_wall_seconds": round(wall, 2),
         **metadata,
     }
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.Output(None, metadata=metadata)
+
+
+@dg.config_mapping
+def _tcn_config_to_ops(config: TCNTrainingConfig) -> dict:
+    """The asset's config (TCNTrainingConfig under ``ops: tcn_models: config``) for every op."""
+    op_config = {"config": config.model_dump()}
+    return {**{tcn_train_op_name(m): op_config for m in METRIC_TYPES}, TCN_REPORT_OP: op_config}
+
+
+@dg.graph_asset(
+    group_name="models",
+    kinds={"pytorch", "safetensors"},
+    config=_tcn_config_to_ops,
+    description=TCN_MODELS_DESCRIPTION,
+)
+def tcn_models(timeseries_splits):
+    # no edges between the train ops: the executor may run them concurrently
+    return tcn_models_report([TRAIN_TCN_OPS[m](timeseries_splits) for m in METRIC_TYPES])
 
 
 def _ratio(a: float, b: float) -> float:
