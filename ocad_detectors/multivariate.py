@@ -298,12 +298,9 @@ class MultivariateDetector:
         """Standalone use (samples of an endpoint in timestamp order): validate (``ValueError``
         if invalid), push and score. ``capabilities``: the endpoint's probe types; default:
         those it was trained with, else every probe type it has answered so far."""
-        from ocad_detectors.samples import validate_sample
+        from ocad_detectors.samples import require_valid
 
-        vals, _, _, err = validate_sample(sample)
-        if vals is None:
-            raise ValueError(err)
-        ts, ep, u, c, lb, s = vals
+        ts, ep, u, c, lb, s = require_valid(sample)
         st = self._states.get(ep)
         if st is None:
             st = self._states[ep] = self.new_state(ep)

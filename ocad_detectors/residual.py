@@ -183,12 +183,9 @@ class ResidualDetector:
 
     def score_one(self, sample: Any) -> DetectorOutput:
         """Standalone use: validate (``ValueError`` if invalid), then update and score."""
-        from ocad_detectors.samples import validate_sample
+        from ocad_detectors.samples import require_valid
 
-        vals, _, _, err = validate_sample(sample)
-        if vals is None:
-            raise ValueError(err)
-        _, ep, u, c, lb, s = vals
+        _, ep, u, c, lb, s = require_valid(sample)
         st = self._states.get(ep)
         if st is None:
             st = self._states[ep] = self.new_state(ep)

@@ -112,12 +112,9 @@ class RuleDetector:
         ``capabilities`` (e.g. ``{"udp_echo", "lbm"}``) decides which missing values are loss;
         default: every signal that has a value in this sample.
         """
-        from ocad_detectors.samples import validate_sample
+        from ocad_detectors.samples import require_valid
 
-        vals, _, _, err = validate_sample(sample)
-        if vals is None:
-            raise ValueError(err)
-        _, ep, u, c, lb, s = vals
+        _, ep, u, c, lb, s = require_valid(sample)
         caps = frozenset(capabilities) if capabilities is not None else present_capabilities(u, c, lb, s)
         st = self._states.setdefault(ep, self.new_state())
         score, ev = self.update(st, caps, *mask_values(caps, u, c, lb, s))

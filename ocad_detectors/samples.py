@@ -373,6 +373,15 @@ def long_to_wide(df: pd.DataFrame, timestamp_column: str = "timestamp_ms") -> pd
     return pd.DataFrame(out)
 
 
+def require_valid(sample: Any) -> tuple:
+    """``(timestamp_ms, endpoint_id, udp, ecpri, lbm_rtt, lbm_success)`` of a valid sample, for
+    the detectors' standalone ``score_one``; ``ValueError`` naming every bad field otherwise."""
+    vals, _, _, err = validate_sample(sample)
+    if vals is None:
+        raise ValueError(err)
+    return vals
+
+
 def _apply_units(values: np.ndarray, units: np.ndarray | str | None, signal: str) -> tuple[np.ndarray, np.ndarray]:
     """Convert numeric cells from ``units`` (per row or one for the column) to ``signal``'s own
     unit (ms, µs); returns the values and a per-row error text (None where fine)."""
