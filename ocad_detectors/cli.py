@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unit of a wide column (ns, us, ms, s), converted to the signal's unit, e.g. ecpri_ow_us=ms "
         "(repeatable; long files may carry a 'unit' column instead)",
     )
+    p.add_argument(
+        "--shadow", action="append", default=[], metavar="MODEL=VERSION",
+        help="champion/challenger: also score with this registry version (e.g. tcn_ecpri=1.1.0, repeatable); "
+        "its scores go to --scores as challenger_* columns and its would-be alerts are counted, never emitted",
+    )
     p.add_argument("--alerts", default="-", metavar="PATH", help="alerts as JSON lines; '-' = stdout (default)")
     p.add_argument("--scores", type=Path, metavar="PATH", help="per-sample scores as Parquet (.csv also accepted)")
     bar = p.add_mutually_exclusive_group()
@@ -181,6 +186,17 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         print(f"error: cannot read {args.input}: {type(e).__name__}: {e}", file=err)
         return 2
     pipe = DetectionPipeline(config, args.model_dir)
+    try:
+        challenger_versions = _pairs(args.shadow, "--shadow")
+        challenger = DetectionPipeline(config, args.model_dir, versions=challenger_versions) if challenger_versions else None
+    except ValueError as e:
+        print(f"error: {e}", file=err)
+        return 2
+    if challenger is not None:
+        missing = {k: v for k, v in challenger_versions.items() if challenger.model_versions.get(k) != v}
+        if missing:
+            print(f"error: --shadow versions could not be loaded: {missing} (see warnings above)", file=err)
+            return 2
     show = not args.no_progress and (args.progress or (err.isatty() and len(frame) >= _LONG_FILE))
     bar = _Progress(len(frame), show)
     t0 = time.perf_counter()
@@ -189,10 +205,15 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
+    shadow = challenger.score_frame(frame) if challenger is not None else None  # same frame: same as streaming both
     try:
         _write_alerts(result.alerts, args.alerts, out)
         if args.scores is not None:
             df = result.to_frame()
+            if shadow is not None:
+                sf = shadow.to_frame()
+                for c in [c for c in sf.columns if c.startswith("score_")] + ["composite", "alert", "severity"]:
+                    df[f"challenger_{c}"] = sf[c].to_numpy()
             args.scores.parent.mkdir(parents=True, exist_ok=True)
             if args.scores.suffix.lower() == ".csv":
                 df.to_csv(args.scores, index=False)
@@ -203,6 +224,14 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 2
     if not args.quiet:
         print(summary(result, elapsed, pipe.model_versions, args.top), file=err)
+        if shadow is not None:
+            rows = [
+                ("alerts (production, emitted)", f"{len(result.alerts):,}"),
+                ("alerts (challenger, not emitted)", f"{len(shadow.alerts):,}"),
+                ("mean composite production / challenger", f"{result.composite.mean():.4f} / {shadow.composite.mean():.4f}"),
+            ]
+            rows += [(f"challenger {k}", v or "not loaded") for k, v in challenger.model_versions.items()]
+            print("\nshadow scoring (champion/challenger)\n" + _table(("what", "value"), rows), file=err)
     return 0
 
 

@@ -65,3 +65,30 @@ def test_shadow_records_the_challenger_but_returns_production(built, tmp_path):
 def test_shadow_needs_a_challenger(tmp_path):
     with pytest.raises(ValueError, match="challenger_versions is empty"):
         ShadowScoring({}, model_dir=tmp_path)
+
+
+def test_ocad_detect_shadow_flag_records_challenger_columns(built, tmp_path):
+    import io
+
+    import pandas as pd
+
+    from ocad_detectors.cli import main as detect_main
+
+    root = copy_registry(built, tmp_path / "models")
+    new = _challenger(root)
+    frame = built.test[SAMPLE_COLUMNS].sort_values(["timestamp_ms", "endpoint_id"]).iloc[:1500]
+    src = tmp_path / "s.parquet"
+    frame.to_parquet(src)
+    err = io.StringIO()
+    rc = detect_main([str(src), "--model-dir", str(root), "--shadow", f"tcn_ecpri={new}", "--scores", str(tmp_path / "o.parquet"),
+                      "--alerts", str(tmp_path / "a.jsonl"), "--no-progress"], stdout=io.StringIO(), stderr=err)
+    assert rc == 0, err.getvalue()
+    scores = pd.read_parquet(tmp_path / "o.parquet")
+    assert {"challenger_composite", "challenger_alert", "challenger_score_residual"} <= set(scores.columns)
+    assert (scores["challenger_score_residual"] >= scores["score_residual"]).all()
+    # emitted alerts are production's only
+    plain = DetectionPipeline(model_dir=root).score_frame(frame.reset_index(drop=True))
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == len(plain.alerts)
+    assert "shadow scoring (champion/challenger)" in err.getvalue()
+    rc = detect_main([str(src), "--model-dir", str(root), "--shadow", "tcn_ecpri=9.9.9"], stdout=io.StringIO(), stderr=(e2 := io.StringIO()))
+    assert rc == 2 and "could not be loaded" in e2.getvalue()
