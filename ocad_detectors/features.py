@@ -160,6 +160,24 @@ def feature_names(metric: str) -> list[str]:
     return [f"{metric}_{s}" for s in _STATS]
 
 
+def _top_two_suffices(q: float, w: int) -> bool:
+    """True when, for every count of values 1..w, the percentile reads only the two largest."""
+    for cnt in range(1, w + 1):
+        lo = math.floor((q / 100.0) * (cnt - 1))
+        if lo < cnt - 2:
+            return False
+    return True
+
+
+def _lerp_order_stats(a: np.ndarray, b: np.ndarray, vidx: np.ndarray, lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """numpy's 'linear' interpolation between order statistics a (at lo) and b (at lo + 1)."""
+    t = vidx - lo
+    diff = b - a
+    out = a + diff * t
+    np.subtract(b, diff * (1.0 - t), out=out, where=t >= 0.5)  # numpy's own _lerp, for equal results
+    return np.where(cnt > 0, out, np.nan)
+
+
 def _percentile_rows(x: np.ndarray, q: float) -> np.ndarray:
     """Row-wise NaN-aware percentile with numpy's 'linear' method (NaN for an all-NaN row).
 
@@ -172,13 +190,106 @@ def _percentile_rows(x: np.ndarray, q: float) -> np.ndarray:
     lo = np.floor(vidx).astype(np.intp)
     hi = np.minimum(lo + 1, np.maximum(cnt - 1, 0))
     rows = np.arange(x.shape[0])
-    a = srt[rows, lo]
-    b = srt[rows, hi]
-    t = vidx - lo
-    diff = b - a
-    out = a + diff * t
-    np.subtract(b, diff * (1.0 - t), out=out, where=t >= 0.5)  # numpy's own _lerp, for equal results
-    return np.where(cnt > 0, out, np.nan)
+    return _lerp_order_stats(srt[rows, lo], srt[rows, hi], vidx, lo, cnt)
+
+
+def _column_features(
+    x: list[np.ndarray],
+    tr: list[np.ndarray],
+    mu: np.ndarray | float,
+    sd: np.ndarray | float,
+    config: FeatureConfig,
+) -> dict[str, np.ndarray]:
+    """The features of n windows given as w columns (oldest first), each a length-n array.
+
+    ``x[i]``: the i-th value of every window (NaN = missing); ``tr[i]``: its time minus the time
+    of the window's newest sample, in seconds. Working column by column keeps every operation
+    on contiguous memory (a series' columns are shifted views of it) and fixes the summation
+    order, so a window gives the same bits alone and inside a batch.
+    """
+    w = len(x)
+    n = x[0].shape[0]
+    mask = [np.isfinite(c) for c in x]
+    maskf = [m.astype(np.float64) for m in mask]
+    xz = [np.where(m, c, 0.0) for m, c in zip(mask, x)]
+    cnt = np.zeros(n)
+    for mf in maskf:
+        cnt += mf
+
+    if _top_two_suffices(95.0, w) and _top_two_suffices(99.0, w):
+        # the percentiles read only the two largest values of a window: track them
+        top1 = np.full(n, -np.inf)
+        top2 = np.full(n, -np.inf)
+        tmp = np.empty(n)
+        for m, c in zip(mask, x):
+            col = np.where(m, c, -np.inf)
+            np.minimum(top1, col, out=tmp)
+            np.maximum(top2, tmp, out=top2)
+            np.maximum(top1, col, out=top1)
+        cm1 = np.maximum(cnt - 1.0, 0.0)
+        with np.errstate(invalid="ignore"):  # empty windows: -inf - -inf, replaced by NaN
+            pct = []
+            for q in (95.0, 99.0):
+                vidx = (q / 100.0) * cm1
+                lo = np.floor(vidx).astype(np.intp)
+                a = np.where(lo < cnt - 1.0, top2, top1)  # order statistic lo: 2nd largest or largest
+                pct.append(_lerp_order_stats(a, top1, vidx, lo, cnt))
+        p95, p99 = pct
+    else:
+        full = np.column_stack([np.where(m, c, np.nan) for m, c in zip(mask, x)])
+        p95 = _percentile_rows(full, 95.0)
+        p99 = _percentile_rows(full, 99.0)
+
+    # EWMA over the window's present values; weights alpha*(1-alpha)^age, renormalized
+    a = config.ewma_alpha
+    num = np.zeros(n)
+    den = np.zeros(n)
+    for i in range(w):
+        wt = a * (1.0 - a) ** (w - 1 - i)
+        num += wt * xz[i]
+        den += wt * maskf[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ewma = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    # least-squares slope against time (seconds), relative to the newest sample
+    st = np.zeros(n)
+    sx = np.zeros(n)
+    for i in range(w):
+        st += tr[i] * maskf[i]
+        sx += xz[i]
+    safe_cnt = np.where(cnt > 0, cnt, 1.0)
+    tm = st / safe_cnt
+    xm = sx / safe_cnt
+    sxy = np.zeros(n)
+    stt = np.zeros(n)
+    for i in range(w):
+        dt = (tr[i] - tm) * maskf[i]
+        sxy += dt * (xz[i] - xm)
+        stt += dt * dt
+    slope = np.where((cnt >= 2) & (stt > 0), sxy / np.where(stt > 0, stt, 1.0), np.nan)
+
+    # CUSUM of standardized values against the reference (not the window's own stats)
+    s = np.zeros(n)
+    k = config.cusum_k
+    for i in range(w):
+        z = (xz[i] - mu) / sd
+        z += s
+        z -= k
+        np.maximum(0.0, z, out=z)
+        np.copyto(s, z, where=mask[i])
+
+    return {
+        "p95": p95,
+        "p99": p99,
+        "ewma": ewma,
+        "slope": slope,
+        "p95_z": (p95 - mu) / sd,
+        "p99_z": (p99 - mu) / sd,
+        "ewma_z": (ewma - mu) / sd,
+        "slope_z": slope * 60.0 / sd,
+        "cusum": s,
+        "missing": 1.0 - cnt / w,
+    }
 
 
 def window_features(
@@ -195,70 +306,16 @@ def window_features(
     column by column in a fixed order, so one window gives bit-for-bit the same result alone
     (streaming) as inside a batch.
     """
-    x = np.ascontiguousarray(values, dtype=np.float64)
-    t = np.ascontiguousarray(times_s, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64)
+    t = np.asarray(times_s, dtype=np.float64)
     if x.ndim != 2 or x.shape != t.shape:
         raise ValueError(f"values and times must be (n_windows, window) arrays of one shape, got {x.shape} and {t.shape}")
     n, w = x.shape
     mu = np.broadcast_to(np.asarray(ref_mean, dtype=np.float64), (n,))
     sd = np.broadcast_to(np.asarray(ref_std, dtype=np.float64), (n,))
-    mask = np.isfinite(x)
-    xz = np.where(mask, x, 0.0)
-    cnt = np.zeros(n)
-    for i in range(w):
-        cnt += mask[:, i]
-
-    p95 = _percentile_rows(np.where(mask, x, np.nan), 95.0)
-    p99 = _percentile_rows(np.where(mask, x, np.nan), 99.0)
-
-    # EWMA over the window's present values; weights alpha*(1-alpha)^age, renormalized
-    a = config.ewma_alpha
-    num = np.zeros(n)
-    den = np.zeros(n)
-    for i in range(w):
-        wt = a * (1.0 - a) ** (w - 1 - i)
-        num += wt * xz[:, i]
-        den += wt * mask[:, i]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ewma = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    # least-squares slope against time (seconds), relative to the newest sample
-    tr = t - t[:, -1:]
-    st = np.zeros(n)
-    sx = np.zeros(n)
-    for i in range(w):
-        st += tr[:, i] * mask[:, i]
-        sx += xz[:, i]
-    safe_cnt = np.where(cnt > 0, cnt, 1.0)
-    tm = st / safe_cnt
-    xm = sx / safe_cnt
-    sxy = np.zeros(n)
-    stt = np.zeros(n)
-    for i in range(w):
-        dt = (tr[:, i] - tm) * mask[:, i]
-        sxy += dt * (xz[:, i] - xm)
-        stt += dt * dt
-    slope = np.where((cnt >= 2) & (stt > 0), sxy / np.where(stt > 0, stt, 1.0), np.nan)
-
-    # CUSUM of standardized values against the reference (not the window's own stats)
-    s = np.zeros(n)
-    k = config.cusum_k
-    for i in range(w):
-        z = (xz[:, i] - mu) / sd
-        s = np.where(mask[:, i], np.maximum(0.0, s + z - k), s)
-
-    return {
-        "p95": p95,
-        "p99": p99,
-        "ewma": ewma,
-        "slope": slope,
-        "p95_z": (p95 - mu) / sd,
-        "p99_z": (p99 - mu) / sd,
-        "ewma_z": (ewma - mu) / sd,
-        "slope_z": slope * 60.0 / sd,
-        "cusum": s,
-        "missing": 1.0 - cnt / w,
-    }
+    xt = np.ascontiguousarray(x.T)
+    trt = np.ascontiguousarray((t - t[:, -1:]).T)
+    return _column_features(list(xt), list(trt), mu, sd, config)
 
 
 def fail_run_length(success: np.ndarray) -> np.ndarray:
@@ -277,12 +334,6 @@ def fail_run_length(success: np.ndarray) -> np.ndarray:
     return (fails_cum - fails_at_last_ok).astype(np.float64)
 
 
-def _windows(a: np.ndarray, w: int) -> np.ndarray:
-    """(n, w) windows ending at each sample; the first w-1 rows are padded with NaN."""
-    padded = np.concatenate([np.full(w - 1, np.nan), np.asarray(a, dtype=np.float64)])
-    return np.lib.stride_tricks.sliding_window_view(padded, w)
-
-
 def features_for_series(
     times_s: np.ndarray,
     values: Mapping[str, np.ndarray],
@@ -298,25 +349,30 @@ def features_for_series(
     """
     w = config.window
     times = np.asarray(times_s, dtype=np.float64)
-    tw = _windows(times, w)
+    n = len(times)
+    # window column i at sample j is padded[j + i]: shifted views, no (n, w) copies
+    tpad = np.concatenate([np.full(w - 1, np.nan), times])
     # time of padded slots: extrapolate backwards so slopes stay defined; their values are NaN anyway
-    if len(times):
-        tw = np.where(np.isfinite(tw), tw, times[0])
+    if n:
+        tpad = np.where(np.isfinite(tpad), tpad, times[0])
+    t_last = tpad[w - 1 :]
+    tr = [tpad[i : i + n] - t_last for i in range(w)]
     out: dict[str, np.ndarray] = {}
     for metric, series in values.items():
         if metric not in METRIC_SIGNAL:
             raise KeyError(f"unknown metric type {metric!r}; expected one of {METRIC_TYPES}")
         mean, std = reference[metric]
-        feats = window_features(_windows(series, w), tw, mean, std, config)
+        xpad = np.concatenate([np.full(w - 1, np.nan), np.asarray(series, dtype=np.float64)])
+        feats = _column_features([xpad[i : i + n] for i in range(w)], tr, mean, std, config)
         for name, arr in feats.items():
             out[f"{metric}_{name}"] = arr
     if lbm_success is not None:
         succ = np.asarray(lbm_success, dtype=np.float64)
         out["lbm_fail_runlen"] = fail_run_length(succ)
-        sw = _windows(succ, w)
+        spad = np.concatenate([np.full(w - 1, np.nan), succ])
         fails = np.zeros(len(succ))
         for i in range(w):
-            fails += sw[:, i] == 0.0
+            fails += spad[i : i + len(succ)] == 0.0
         out["lbm_fail_ratio"] = fails / w
     if "udp_echo" in values and "ecpri" in values:
         out["ecpri_udp_gap_z"] = out["ecpri_ewma_z"] - out["udp_echo_ewma_z"]

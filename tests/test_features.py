@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,36 @@ def test_invalid_feature_inputs_are_named():
         model_matrix({"a": np.zeros(2)}, ["a", "b"])
     with pytest.raises(ValueError, match="invalid reference statistics"):
         ReferenceStats.from_records([{"endpoint_id": "x", "signal": "udp_echo_rtt_ms", "mean": 1.0, "std": 0.0}])
+
+
+@pytest.mark.parametrize("w", [2, 5, 12, 21, 22, 40])
+def test_window_percentiles_equal_numpy_nanpercentile(w):
+    """Both percentile paths (two largest values for short windows, a sort for long ones)
+    give numpy's 'linear' percentile of the present values, bit for bit."""
+    rng = np.random.default_rng(w)
+    x = rng.normal(10.0, 3.0, size=(400, w)).round(1)  # ties happen
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[:5] = np.nan  # all missing
+    x[5, 1:] = np.nan  # one value
+    t = np.cumsum(np.full((400, w), 5.0), axis=1)
+    f = window_features(x, t, 10.0, 3.0, FeatureConfig(window=w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice" rows
+        for q, name in ((95, "p95"), (99, "p99")):
+            ref = np.nanpercentile(x, q, axis=1)
+            np.testing.assert_array_equal(f[name], ref)
+
+
+def test_series_features_equal_single_windows_for_a_long_window():
+    """The sort-based percentile path (windows over 21 samples) keeps batch == streaming."""
+    cfg = FeatureConfig(window=30, ewma_alpha=0.1)
+    rng = np.random.default_rng(3)
+    v = rng.normal(4.0, 0.3, size=300)
+    v[rng.random(300) < 0.2] = np.nan
+    t = 1.7e9 + np.cumsum(rng.integers(4, 7, size=300)).astype(float)
+    batch = features_for_series(t, {"udp_echo": v}, None, {"udp_echo": (4.0, 0.3)}, cfg)
+    for i in range(cfg.window - 1, len(v)):
+        one = window_features(v[i - 29 : i + 1][None, :], t[i - 29 : i + 1][None, :], 4.0, 0.3, cfg)
+        for name, arr in one.items():
+            a, b = arr[0], batch[f"udp_echo_{name}"][i]
+            assert (a == b) or (np.isnan(a) and np.isnan(b)), (i, name, a, b)
