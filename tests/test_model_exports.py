@@ -118,6 +118,33 @@ def test_numpy_tcn_matches_torch_batch_and_single(trained_tcn: tuple[TCNForecast
     assert net.predict(np.empty((0, model.seq_len))).shape == (0,)
 
 
+@pytest.mark.parametrize(
+    ("seq_len", "hidden", "dilations", "kernel"),
+    [
+        (10, 32, (1, 2, 4), 3),  # the default: every step's taps are one contiguous slice
+        (10, 8, (1, 2, 3), 3),  # a step whose taps are not adjacent slabs (gathered)
+        (6, 4, (1, 2, 4, 8), 2),  # receptive field beyond the window
+        (30, 6, (2, 3), 5),  # the whole receptive field inside the window
+        (12, 1, (1, 2), 3),  # one channel: identity residual in the first block
+    ],
+)
+def test_numpy_tcn_matches_torch_for_other_architectures(seq_len: int, hidden: int, dilations: tuple[int, ...], kernel: int) -> None:
+    """The backward plan and its slab layout hold for any dilations and kernel, not only the
+    default ones (tuning may pick others)."""
+    torch.manual_seed(seq_len + hidden)
+    model = TCNForecaster(seq_len, hidden_channels=hidden, dilations=dilations, kernel_size=kernel).eval()
+    for p in model.parameters():  # larger weights than the init, so every path matters
+        p.data.mul_(3.0)
+    net = NumpyTCN(export_tcn(model), tcn_architecture(model))
+    x = np.random.default_rng(2).normal(size=(1700, seq_len)).astype(np.float32)  # > two chunks
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy().astype(np.float64)
+    got = net.predict(x)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
+    single = np.array([net.predict(x[i].astype(np.float64))[0] for i in range(50)])
+    assert np.allclose(single, got[:50], rtol=0, atol=1e-12)
+
+
 def test_numpy_tcn_batch_is_thread_safe() -> None:
     """Batch mode reuses scratch buffers; they must be per thread."""
     torch.manual_seed(0)
