@@ -333,7 +333,7 @@ class MultivariateDetector:
     ) -> list[tuple[_Row, np.ndarray, np.ndarray]]:
         """Batch: one endpoint's accepted series (values masked to its capabilities; caps as
         codes into ``caps_list``) -> ``[(row, sample indices, scaled feature matrix)]`` per
-        capability group. :func:`score_jobs` then scores all endpoints of a group at once."""
+        capability group, scored by :func:`score_jobs`."""
         n = len(times_s)
         if self.model is None or not self.config.active or n == 0:
             return []
@@ -360,8 +360,10 @@ class MultivariateDetector:
             assert row is not None
             sel = np.flatnonzero(ready & (caps_codes == code))
             X = np.column_stack([np.asarray(feats[nm], dtype=np.float64)[sel] for nm in row.group.features])
-            X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
-            jobs.append((row, sel, (X - row.group.mean) / row.group.std))
+            np.nan_to_num(X, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            X -= row.group.mean
+            X /= row.group.std
+            jobs.append((row, sel, X))
         return jobs
 
 
@@ -372,18 +374,9 @@ def top_feature(row: _Row, xs: np.ndarray, a: float) -> tuple[float, float, str,
 
 
 def score_jobs(jobs: list[tuple[_Row, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    """Anomaly scores for many (row, selection, X_scaled) jobs, one forest call per group."""
-    by_group: dict[int, list[int]] = {}
-    for j, (row, _, _) in enumerate(jobs):
-        by_group.setdefault(id(row.group), []).append(j)
-    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
-    for idxs in by_group.values():
-        g = jobs[idxs[0]][0].group
-        X = np.concatenate([jobs[j][2] for j in idxs]) if len(idxs) > 1 else jobs[idxs[0]][2]
-        sc = -g.forest.score_samples(X)
-        start = 0
-        for j in idxs:
-            m = len(jobs[j][1])
-            out[j] = sc[start : start + m]
-            start += m
-    return out
+    """Anomaly scores for many (row, selection, X_scaled) jobs.
+
+    One forest call per job: the forest cuts its input into cache-sized chunks anyway, and
+    gluing the jobs of a group together first would only copy (and page-fault) large arrays.
+    """
+    return [-row.group.forest.score_samples(X) for row, _, X in jobs]

@@ -719,20 +719,5 @@ class _BatchRun:
 
 
 def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:
-    """One batched NumpyTCN call per model over the windows of all endpoints."""
-    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
-    by_model: dict[int, list[int]] = {}
-    for k, job in enumerate(jobs):
-        by_model.setdefault(id(job[1]), []).append(k)
-    for ks in by_model.values():
-        mod = jobs[ks[0]][1]
-        W = np.concatenate([jobs[k][3] for k in ks]) if len(ks) > 1 else jobs[ks[0]][3]
-        pr = mod.net.predict(W)
-        start = 0
-        for k in ks:
-            m = len(jobs[k][2])
-            out[k] = pr[start : start + m]
-            start += m
-    return out
-
-
+    """The TCN forecasts of every job (one call each; the network chunks its input itself)."""
+    return [job[1].net.predict(job[3]) for job in jobs]

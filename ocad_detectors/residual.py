@@ -209,8 +209,9 @@ class ResidualDetector:
             sel = np.flatnonzero(np.isfinite(v) & (t - first >= L))
             if len(sel) == 0:
                 continue
-            win = np.lib.stride_tricks.sliding_window_view(filled, L)[sel - L]
-            jobs.append((i, mod, sel, (win - mod.mean) / mod.std, mod.residual_scale(endpoint_id, self._per_ep)))
+            scaled = (filled - mod.mean) / mod.std  # per value, as the streaming window is scaled
+            win = np.lib.stride_tricks.sliding_window_view(scaled, L)[sel - L]
+            jobs.append((i, mod, sel, win, mod.residual_scale(endpoint_id, self._per_ep)))
         return jobs
 
     def finish_series(
