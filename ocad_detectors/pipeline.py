@@ -384,6 +384,35 @@ class DetectionPipeline:
         with self._lock:
             self._endpoints.clear()
 
+    def forget(self, endpoint_id: str) -> bool:
+        """Drop one endpoint's state (e.g. decommissioned); its next sample starts afresh, with
+        the usual warm-up. Returns whether the endpoint was known."""
+        with self._lock:
+            return self._endpoints.pop(endpoint_id, None) is not None
+
+    def evict_idle(self, before_ts_ms: int) -> list[str]:
+        """Drop the state of every endpoint whose newest accepted sample is older than
+        ``before_ts_ms`` (sample time, like everything else here); returns their ids.
+
+        A long-running service whose fleet changes calls this now and then, e.g. with
+        ``newest_timestamp - 24 h``, so that endpoints that went away do not keep their buffers
+        forever (each holds a few kB). The pipeline never evicts on its own: one sample with a
+        bogus future timestamp must not wipe the fleet's state.
+        """
+        if isinstance(before_ts_ms, bool) or not isinstance(before_ts_ms, (int, np.integer)):
+            raise TypeError(f"before_ts_ms must be an integer timestamp in ms, got {before_ts_ms!r}")
+        with self._lock:
+            idle = [k for k, e in self._endpoints.items() if e.last_ts is None or e.last_ts < before_ts_ms]
+            for k in idle:
+                del self._endpoints[k]
+            return idle
+
+    @property
+    def last_seen(self) -> dict[str, int | None]:
+        """Endpoint id -> timestamp (ms) of its newest accepted sample."""
+        with self._lock:
+            return {k: e.last_ts for k, e in self._endpoints.items()}
+
     @property
     def endpoints(self) -> dict[str, frozenset[str]]:
         """Endpoints seen so far and their capability sets."""

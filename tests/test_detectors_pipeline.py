@@ -184,6 +184,34 @@ def test_out_of_order_and_duplicates_do_not_touch_state(models):
     assert (list(e.res.buf["udp_echo"]), list(e.cp.S), e.last_ts) == before
 
 
+def test_idle_endpoints_are_evicted_on_request_and_start_afresh(models):
+    """A service whose fleet changes drops endpoints that went quiet (sample time); nothing is
+    evicted implicitly, and a returning endpoint warms up again like a new one."""
+    pipe = DetectionPipeline(models=models)
+    fresh = DetectionPipeline(models=models)
+    t = 1_767_225_600_000
+    for i in range(40):
+        pipe.process(Sample(t + 5000 * i, "o-du-001", 3.0 + 0.01 * i, 100.0, 5.0, True))
+        pipe.process(Sample(t + 5000 * i, "o-ru-001", 4.0, 110.0, None, None))
+    # o-du-001 goes quiet for an hour while o-ru-001 keeps reporting
+    for i in range(40, 760):
+        pipe.process(Sample(t + 5000 * i, "o-ru-001", 4.0, 110.0, None, None))
+    assert pipe.last_seen == {"o-du-001": t + 5000 * 39, "o-ru-001": t + 5000 * 759}
+    assert set(pipe.endpoints) == {"o-du-001", "o-ru-001"}  # never evicted implicitly
+
+    assert pipe.evict_idle(t + 5000 * 759 - 30 * 60_000) == ["o-du-001"]
+    assert set(pipe.endpoints) == {"o-ru-001"}
+    assert pipe.evict_idle(t) == []  # nothing older than that
+    with pytest.raises(TypeError, match="before_ts_ms"):
+        pipe.evict_idle("yesterday")
+
+    # the returning endpoint scores exactly like one never seen before
+    back = [Sample(t + 5000 * (800 + i), "o-du-001", 3.0 + 0.02 * i, 100.0, 5.0, True) for i in range(20)]
+    assert [pipe.process(x) for x in back] == [fresh.process(x) for x in back]
+    assert pipe.forget("o-du-001") is True and pipe.forget("o-du-001") is False
+    assert set(pipe.endpoints) == {"o-ru-001"}
+
+
 def _new_tcn_version(root, name: str, bias_shift: float) -> str:
     reg = ModelRegistry(root)
     cur = reg.load_version(name)
