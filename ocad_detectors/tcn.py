@@ -192,11 +192,10 @@ class NumpyTCN:
         prefixes of them, so every array it works on is contiguous whatever the chunk size.
         """
         ws: dict[str, np.ndarray] | None = getattr(self._local, "ws", None)
-        if ws is None or ws["cap"].shape[0] < capacity:
+        if ws is None or self._local.capacity < capacity:
             c, k = self.hidden_channels, self.kernel_size
             r0 = self._rows[0]
             ws = {
-                "cap": np.empty(capacity),
                 "xt": np.empty((self.seq_len + 2) * capacity),
                 "g0": np.empty(r0 * (k + 1) * capacity),
                 "z0": np.empty(r0 * self._w0.shape[0] * capacity),
@@ -211,6 +210,7 @@ class NumpyTCN:
                     if not isinstance(row.src, tuple):
                         ws[f"g{i}.{j}"] = np.empty(len(row.src) * c * capacity)
             self._local.ws = ws
+            self._local.capacity = capacity
         return ws
 
     def _forward(self, x: np.ndarray, ws: dict[str, np.ndarray]) -> np.ndarray:
