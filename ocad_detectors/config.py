@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ocad_detectors.features import ReferenceStats, capability_key
+from ocad_detectors.levels import LevelShiftConfig
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
 
 __all__ = [
@@ -215,34 +216,53 @@ class RuleConfig:
 
 @dataclass(frozen=True)
 class ChangePointConfig:
-    """One-sided upper CUSUM on z = (x - μ_ref) / σ_ref; k, h and the clamp in σ.
+    """Two-sided level-shift detection that re-anchors on a new level (see
+    :mod:`ocad_detectors.levels`), and the reference statistics the other detectors use.
 
-    Defaults come from the simulator's healthy data: its noise is autocorrelated and has a
-    daily load cycle, so z stays near +1 for hours and a textbook k = 0.5 saturates on pure
-    noise. k = 2.5 is half of the smallest shift worth an alarm (5 σ); with it, the largest
-    healthy statistic over 36 series x 22 h was 13 σ, so h = 20 σ does not fire on healthy noise.
+    Every key but ``reference`` configures :class:`~ocad_detectors.levels.LevelShiftConfig`
+    (shift sizes in robust σ of the endpoint's current level or relative to it, durations in
+    seconds). A lasting upward shift is ``changepoint`` evidence until the new level has held
+    ``rebaseline_s`` (then it is the baseline, also for the relative rules); changes in both
+    directions are reported as change records.
     """
 
-    enabled: bool = True
-    k: float = 2.5
-    h: float = 20.0
-    #: the statistic is capped at clamp x h so it falls below h within a few samples of recovery
-    clamp: float = 2.0
+    #: the level-shift detector's settings (built from the section's other keys)
+    levels: LevelShiftConfig = field(default_factory=LevelShiftConfig)
     #: operator-provided reference statistics (they win over the models'): a list of records
     #: ``{endpoint_id ('*' = pooled), signal, mean, std}`` or the path of a JSON file holding one.
-    #: Lets CUSUM run when no model is available at all.
+    #: They give the rules a baseline and the Isolation Forest its standardization when no model
+    #: provides them.
     reference: str | tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
-        _bool("changepoint", "enabled", self.enabled)
-        _num("changepoint", "k", self.k, lo=0.0)
-        _num("changepoint", "h", self.h, positive=True)
-        _num("changepoint", "clamp", self.clamp, lo=1.0)
+        if not isinstance(self.levels, LevelShiftConfig):
+            raise ValueError(f"changepoint.levels: expected LevelShiftConfig, got {self.levels!r}")
         if isinstance(self.reference, list):
             object.__setattr__(self, "reference", tuple(self.reference))
         if self.reference is not None and not isinstance(self.reference, (str, tuple)):
             raise ValueError(f"changepoint.reference: expected a list of records or a JSON path, got {self.reference!r}")
         self.reference_stats()  # fail early on bad records
+
+    @property
+    def enabled(self) -> bool:
+        return self.levels.enabled
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ChangePointConfig:
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ValueError(f"changepoint: expected a mapping, got {type(d).__name__}")
+        kw = {k: v for k, v in d.items() if k != "reference"}
+        for old in ("clamp",):
+            if old in kw:
+                raise ValueError(f"changepoint.{old}: the fixed-reference CUSUM is gone; see levels settings "
+                                 f"{sorted(LevelShiftConfig.__dataclass_fields__)}")
+        try:
+            levels = LevelShiftConfig.from_dict(kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"changepoint: {str(e).removeprefix('levels: ')}".replace("levels.", "changepoint.")) from None
+        return cls(levels=levels, reference=d.get("reference"))
 
     def reference_stats(self) -> ReferenceStats | None:
         """The configured reference statistics, or None."""
@@ -492,7 +512,7 @@ class DetectionConfig:
         return cls(
             model_path=None if mp is None else str(mp),
             rules=RuleConfig.from_dict(d.get("rules")),
-            changepoint=_from(ChangePointConfig, "changepoint", d.get("changepoint")),
+            changepoint=ChangePointConfig.from_dict(d.get("changepoint")),
             residual=_from(ResidualConfig, "residual", d.get("residual")),
             multivariate=_from(MultivariateConfig, "multivariate", d.get("multivariate")),
             fusion=FusionConfig.from_dict(d.get("fusion")),

@@ -88,6 +88,7 @@ _CAPS_BY_BITS: tuple[frozenset[str], ...] = tuple(
     frozenset(c for c, b in _CAP_BITS.items() if m & b) for m in range(8)
 )
 _ZERO_SCORES = (0.0, 0.0, 0.0, 0.0)
+_NAN = float("nan")
 _BATCH_CHUNK = 65_536  # samples per group of endpoints in batch mode (bounds memory)
 
 
@@ -156,6 +157,13 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
     resolution_index: np.ndarray | None = None  # index into ``resolutions`` or -1
     resolutions: list[Resolution] = field(default_factory=list)
+    #: input row -> the level changes confirmed at that sample
+    changes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def change_records(self) -> list[Any]:
+        """Every level change, in input row order."""
+        return [r for i in sorted(self.changes) for r in self.changes[i]]
 
     def __len__(self) -> int:
         return len(self.status)
@@ -174,7 +182,7 @@ class BatchResult:
                     self.timestamp_ms[i], self.endpoint_id[i], str(self.status[i]),
                     {d: sc[j][i] for j, d in enumerate(DETECTORS)}, comp[i], EVIDENCE_NAMES[ev[i]],
                     self.alerts[ai[i]] if ai[i] >= 0 else None, self.error[i],
-                    self.resolutions[ri[i]] if ri[i] >= 0 else None,
+                    self.resolutions[ri[i]] if ri[i] >= 0 else None, self.changes.get(i, ()),
                 )
             )
         return out
@@ -190,6 +198,9 @@ class BatchResult:
             sev[i] = a.severity
             esc[i] = a.escalation
         resolved = self.resolution_index >= 0 if self.resolution_index is not None else np.zeros(len(self.status), dtype=bool)
+        change = np.full(len(self.status), None, dtype=object)
+        for i, recs in self.changes.items():
+            change[i] = ";".join(f"{r.signal}:{r.direction}" for r in recs)
         df = pd.DataFrame(
             {
                 "timestamp_ms": pd.array(self.timestamp_ms, dtype="Int64"),
@@ -203,6 +214,7 @@ class BatchResult:
                 "severity": pd.array(sev, dtype="string"),
                 "escalation": esc,
                 "resolved": resolved,
+                "change": pd.array(change, dtype="string"),
             }
         )
         return df
@@ -376,7 +388,11 @@ class DetectionPipeline:
         if "lbm" not in caps:
             lb = s = float("nan")
         s0, ev = self.rules.update(e.rule, caps, ts, u, c, lb, s)
-        s1, ev1 = self.changepoint.update(e.cp, u, c, lb)
+        s1, ev1, changes, rebase = self.changepoint.update(e.cp, ts, u, c, lb)
+        for i, level, rebaselined in rebase:
+            self.rules.rebaseline(e.rule, i, level)
+            if rebaselined:
+                self.alerts.note_rebaseline(e.alert)
         s2, ev2 = self.residual.update(e.res, u, c, lb)
         s3, ev3 = self.multivariate.update(e.mv, caps, ts, u, c, lb, s)
         ev |= ev1 | ev2 | ev3
@@ -386,12 +402,12 @@ class DetectionPipeline:
         alert = None
         if emit:
             d = SampleDetails(
-                (u, c, lb), e.cp.refs, dict(e.rule.runs), list(zip(e.cp.S, e.cp.z)),
+                (u, c, lb), e.cp.refs, dict(e.rule.runs), self.changepoint.details(e.cp),
                 [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
                 self.multivariate.explain(e.mv), list(e.rule.levels),
             )
             alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
-        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution)
+        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution, changes)
 
     def reset(self) -> None:
         """Forget every endpoint's state (buffers, sums, episodes); models stay."""
@@ -638,6 +654,7 @@ class _BatchRun:
         self.alerts: list[Alert] = []
         self.resolution_index = np.full(n, -1, dtype=np.int64)
         self.resolutions: list[Resolution] = []
+        self.change_rows: list[tuple[int, tuple[Any, ...]]] = []
         groups = self._order()
         done = int((~self.valid).sum())
         chunk: list[tuple[str, np.ndarray]] = []
@@ -660,6 +677,7 @@ class _BatchRun:
         return BatchResult(
             self.ts_out, self.ep_out, self.status, self.error, dict(zip(DETECTORS, self.S)),
             self.composite, self.ev, self.alert_index, self.alerts, self.resolution_index, self.resolutions,
+            dict(self.change_rows),
         )
 
     def _caps(self, ep: str, u: np.ndarray, c: np.ndarray, lb: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -684,16 +702,19 @@ class _BatchRun:
             c = np.where(has["ecpri"], self.c[rows], np.nan)
             lb = np.where(has["lbm"], self.lb[rows], np.nan)
             s = np.where(has["lbm"], self.s[rows], np.nan)
-            c_score, c_ev, Ss, zs = p.changepoint.score_series(ep, u, c, lb)
+            ts_l = self.ts[rows].tolist()
+            c_score, c_ev, ch_by, rb_by, cp_det = p.changepoint.score_series(ep, ts_l, u, c, lb)
             r_score, r_ev, runs, levels = p.rules.score_series(
-                ep, [_CAPS_BY_BITS[b] for b in caps.tolist()], self.ts[rows].tolist(), u, c, lb, s
+                ep, [_CAPS_BY_BITS[b] for b in caps.tolist()], ts_l, u, c, lb, s, rb_by
             )
+            for j, recs in ch_by.items():
+                self.change_rows.append((int(rows[j]), recs))
             rj = p.residual.prepare_series(ep, (u, c, lb))
             caps_list = list(_CAPS_BY_BITS)
             mj = p.multivariate.prepare_series(
                 ep, self.ts[rows] / 1000.0, dict(zip(METRIC_TYPES, (u, c, lb))), s, caps, caps_list
             )
-            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, (runs, levels), c_score, c_ev, Ss, zs, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
+            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, (runs, levels), c_score, c_ev, (rb_by, cp_det), None, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
             res_jobs += rj
             mv_jobs += mj
         preds = _predict_all(res_jobs)
@@ -722,9 +743,9 @@ class _BatchRun:
             self.composite[rows] = comp
             self.ev[rows] = ev
             T = {job[0]: job[5] for job in res_jobs[r0 : r0 + rn]}
-            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, zs, (P, R, T), mv_at)
+            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, (P, R, T), mv_at)
 
-    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, Ss, zs, res, mv_at) -> None:
+    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, cp, res, mv_at) -> None:
         """The alert state machine over the endpoint's accepted samples: the very step the
         streaming path takes, sample by sample, so both give the same alerts and resolutions."""
         p = self.p
@@ -737,8 +758,12 @@ class _BatchRun:
         refs = p.changepoint._refs(ep)
         step = am.step
         P, R, T = res
+        rb_by, cp_det = cp
         for j in range(len(ts_l)):
             t = ts_l[j]
+            rb = rb_by.get(j)
+            if rb is not None and any(x[2] for x in rb):
+                am.note_rebaseline(st)
             emit, esc, sev, res = step(st, ep, t, ev_l[j], comp_l[j], crit_l[j])
             if res is not None:
                 self.resolution_index[rows[j]] = len(self.resolutions)
@@ -756,7 +781,7 @@ class _BatchRun:
             lvl = lv_all[j]
             d = SampleDetails(
                 (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs_.items()},
-                [(float(Ss[i][j]), float(zs[i][j])) for i in range(3)],
+                cp_det[j] or [(False, _NAN, None)] * 3,
                 [(float(P[i][j]), float(R[i][j]), T[i]) if R[i][j] == R[i][j] else None for i in range(3)],
                 top_feature(mv[0], mv[1], mv[2]) if mv is not None else None,
                 [None if lvl[i, 0] != lvl[i, 0] else (float(lvl[i, 0]), float(lvl[i, 1])) for i in range(3)],

@@ -257,6 +257,8 @@ def assert_same_results(stream: list[Any], batch: list[Any], tol: float = 1e-12)
         assert _close(a.scores, b.scores, tol), (i, a.scores, b.scores)
         assert _close(a.composite, b.composite, tol), (i, a.composite, b.composite)
         assert (a.alert is None) == (b.alert is None), (i, a.alert, b.alert)
+        assert a.resolved == b.resolved, (i, a.resolved, b.resolved)
+        assert a.changes == b.changes, (i, a.changes, b.changes)
         if a.alert is not None:
             da, db = a.alert.to_dict(), b.alert.to_dict()
             assert _close(da, db, tol), (i, da, db)
