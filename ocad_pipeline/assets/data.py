@@ -23,13 +23,19 @@ class SimulatorSettings(dg.Config):
     interval_s: float = 5.0
     start: str = "2026-01-05T00:00:00+00:00"
     incidents_per_endpoint_day: float = 9.0
-    incident_mix: dict[str, float] = {"spike": 0.25, "drift": 0.25, "loss": 0.15, "concurrent": 0.2, "correlated": 0.15}
+    incident_mix: dict[str, float] = {}  # empty: the profile's default mix
     drift_outage_probability: float = 0.6
     min_gap_minutes: float = 10.0
     seed: int = 42
+    profile: str = "realistic"  # realistic | clean (the earlier, Gaussian simulator)
+    n_wan: int = 0  # realistic only: Internet-like endpoints, 70-400 ms
+    wan_interval_s: float = 240.0
 
     def to_simulator_config(self) -> SimulatorConfig:
-        return SimulatorConfig(**self.model_dump())
+        try:
+            return SimulatorConfig(**self.model_dump())
+        except ValueError as e:
+            raise dg.Failure(f"raw_metrics: bad simulator settings: {e}") from None
 
 
 class RecordedFilesSettings(dg.Config):
@@ -89,8 +95,8 @@ def anomaly_share_table(samples: pd.DataFrame) -> str:
 def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
     """CFM-lite samples (udp_echo_rtt_ms, ecpri_ow_us [µs], lbm_rtt_ms, lbm_success) per endpoint
     with per-sample labels and an incident table. Source ``simulator`` (default): a seeded fleet
-    of O-RU / O-DU / transport endpoints with incident episodes (spike, drift, loss, concurrent,
-    correlated). Source ``files``: recorded CSV/Parquet files (wide or long), labels optional.
+    of O-RU / O-DU / transport endpoints; profile ``realistic`` (default: heavy-tailed queueing,
+    benign spikes and route steps, small and large incidents of nine types) or ``clean``. Source ``files``: recorded CSV/Parquet files (wide or long), labels optional.
     Written to data/raw/ and data/processed/anomaly_labels.csv."""
     if config.source == "simulator":
         sim = simulate(config.simulator.to_simulator_config())
