@@ -48,6 +48,7 @@ class RecordedFilesSettings(dg.Config):
     units: dict[str, str] = {}  # unit of wide columns, e.g. {"ecpri_ow_us": "ms"} -> converted to µs
     labels_path: Optional[str] = None  # labels file: per sample or start/end windows
     endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
+    missing_values: list[float] = []  # raw codes for "no reply", e.g. [-3, -4] (RIPE Atlas): read as missing
 
 
 class RawMetricsConfig(dg.Config):
@@ -107,7 +108,9 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         if not f.path:
             raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
         sim, report = load_recorded(
-            RecordedConfig(f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles)
+            RecordedConfig(
+                f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles, tuple(f.missing_values)
+            )
         )
         source = {
             "source": "files",
