@@ -103,8 +103,30 @@ def _detection(val: pd.DataFrame, test: pd.DataFrame, incidents: pd.DataFrame) -
             "eventwise": eventwise(test, flagged, incidents).metrics,
         }
     alerts = eventwise(test, test["alert"].to_numpy(), incidents)
-    out["alerts"] = {"eventwise": alerts.metrics, "alerts": int(test["alert"].sum())}
+    out["alerts"] = {"eventwise": alerts.metrics, "alerts": int(test["alert"].sum()), "by_type": by_type(alerts.per_incident)}
     return out, alerts.per_incident
+
+
+def by_type(per_incident: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Event recall, MTTD and lead time of the system's alerts per incident type, for whatever
+    types occur (the simulator's, or an operator's own label types)."""
+    out: dict[str, dict[str, Any]] = {}
+    if per_incident.empty:
+        return out
+    types = per_incident["type"].astype(object).where(per_incident["type"].notna(), "unknown").astype(str)
+    for t, g in per_incident.groupby(types, sort=True):
+        det = g["detected"].astype(bool)
+        ttd = g.loc[det, "ttd_s"].astype(float)
+        lead = g.loc[g["ends_in_outage"].astype(bool), "lead_time_min"].dropna().astype(float)
+        out[str(t)] = {
+            "incidents": int(len(g)),
+            "detected": int(det.sum()),
+            "recall": float(det.mean()),
+            "mttd_seconds": float(ttd.mean()) if len(ttd) else None,
+            "outage_incidents": int(g["ends_in_outage"].astype(bool).sum()),
+            "lead_time_p50_minutes": float(lead.median()) if len(lead) else None,
+        }
+    return out
 
 
 def probe(root: Path, versions: Mapping[str, str], frame: pd.DataFrame, n: int = 3000) -> dict[str, Any]:

@@ -83,7 +83,15 @@ def _detection_table(report: dict) -> str:
     rows.append(
         f"| **alerts** (system) | – | – | – | – | – | – | {_fmt(a['precision'])} | {_fmt(a['recall'])} | {_fmt(a['f1_score'])} | {_fmt(a['mttd_seconds'])} |"
     )
-    return "\n".join(rows) + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples is one predicted event."
+    out = "\n".join(rows) + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples is one predicted event."
+    types = det["alerts"].get("by_type") or {}
+    if types:
+        out += "\n\n| incident type (test) | incidents | detected by alerts | recall | MTTD s | lead time P50 min |\n|---|---:|---:|---:|---:|---:|\n"
+        out += "\n".join(
+            f"| {t} | {v['incidents']} | {v['detected']} | {_fmt(v['recall'])} | {_fmt(v['mttd_seconds'])} | {_fmt(v['lead_time_p50_minutes'])} |"
+            for t, v in types.items()
+        )
+    return out
 
 
 def _gate_table(g: dict, cand: dict) -> str:
