@@ -185,7 +185,7 @@ def _to_success(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
-def _blank_missing(v: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
+def blank_missing(v: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
     """Sentinel values (a raw code for "no reply") become NaN, i.e. a missing reply."""
     if not sentinels:
         return v
@@ -243,7 +243,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
                 v, bad = _to_success(raw[c])
             else:
                 v, bad = _to_float(raw[c])
-                v = _blank_missing(v, options.missing_values)
+                v = blank_missing(v, options.missing_values)
                 if c in options.units:
                     v = _convert(v, options.units[c], sig)
             for i in np.flatnonzero(bad)[:50]:
@@ -264,7 +264,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
     is_succ = (sig == "lbm_success").to_numpy()
     val, bad = _to_float(raw["value"])
     sv, sbad = _to_success(raw["value"])
-    val = np.where(is_succ, sv, _blank_missing(val, options.missing_values))
+    val = np.where(is_succ, sv, blank_missing(val, options.missing_values))
     bad = np.where(is_succ, sbad, bad)
     for i in np.flatnonzero(bad)[:50]:
         problems.append(Problem(f, int(rows[i]), "value", f"not a {'boolean' if is_succ[i] else 'number'}: {raw['value'].iloc[i]!r}"))

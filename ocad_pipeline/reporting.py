@@ -103,7 +103,7 @@ def _detection(val: pd.DataFrame, test: pd.DataFrame, incidents: pd.DataFrame) -
             "eventwise": eventwise(test, flagged, incidents).metrics,
         }
     alerts = eventwise(test, test["alert"].to_numpy(), incidents)
-    out["alerts"] = {"eventwise": alerts.metrics, "alerts": int(test["alert"].sum()), "by_type": by_type(alerts.per_incident)}
+    out["alerts"] = {"eventwise": alerts.metrics, "alerts": int(test["alert"].sum())}
     return out, alerts.per_incident
 
 
@@ -178,6 +178,7 @@ def evaluate_versions(
     if labelled:
         val_scored = score_stream(root, versions, val)
         detection, per_incident = _detection(val_scored, test_scored, incidents)
+        detection["alerts"]["by_type"] = by_type(per_incident)  # whatever types the labels use
         comp = detection["composite"]
         alerts = detection["alerts"]["eventwise"]
         headline = {
