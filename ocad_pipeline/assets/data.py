@@ -65,6 +65,7 @@ RAW_FILES = {
     "endpoints": "raw/endpoints.parquet",
     "labels": "processed/anomaly_labels.csv",
     "source": "raw/source.parquet",
+    "benign": "raw/benign_events.parquet",
 }
 
 
@@ -130,6 +131,8 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         "endpoints": sim.endpoints,
         "labels": sim.labels,
         "source": pd.DataFrame([source]),
+        # unlabelled benign events (realistic simulator; empty otherwise): count false alerts on them
+        "benign": sim.benign.astype({"endpoint_id": "string", "kind": "string", "start": "int64", "end": "int64", "magnitude": float}),
     }
     # plot the endpoint that shows the most incident types
     types_per_ep = sim.incidents.groupby("endpoint_id")["type"].nunique()
@@ -141,6 +144,10 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         "endpoints": len(sim.endpoints),
         "incidents": len(sim.incidents),
         "anomaly_share": float(sim.samples["is_anomaly"].mean()),
+        # unlabelled benign events of the realistic simulator (route steps, single-sample spikes)
+        "benign_events": dg.MetadataValue.json(
+            {str(k): int(v) for k, v in sim.benign["kind"].str.split(":").str[0].value_counts().items()} if len(sim.benign) else {}
+        ),
         "anomaly_share_by_type": dg.MetadataValue.md(anomaly_share_table(sim.samples)),
         "incidents_by_type": dg.MetadataValue.md(
             sim.incidents.groupby(["type", "severity"]).size().unstack(fill_value=0).to_markdown()
