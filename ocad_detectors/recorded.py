@@ -10,7 +10,9 @@ Timestamps may be epoch seconds, epoch milliseconds or ISO 8601 text with or wit
 (text without a zone is read as UTC). Values given with a unit (the long form's ``unit`` column,
 or ``units`` for wide columns) are converted to the signal's own unit (ms, µs). Exact duplicate
 rows are removed; two different values for the same (endpoint, timestamp, signal) are an error.
-Rows are sorted by (timestamp, endpoint); gaps in time stay gaps (no interpolation).
+Rows are sorted by (timestamp, endpoint); gaps in time stay gaps (no interpolation). Raw
+sentinel codes for a missing reply (``missing_values``, e.g. RIPE Atlas ``-3``/``-4``) are read
+as missing values.
 
 Every problem in a file is collected before failing, and the error names the file, the row
 (1-based line in a CSV file, counting the header as line 1; row position in Parquet) and the
@@ -78,8 +80,15 @@ class ReadOptions:
     signal_map: Mapping[str, str] = field(default_factory=dict)  # source name -> OCAD signal
     units: Mapping[str, str] = field(default_factory=dict)  # wide column -> unit of its values
     keep_columns: tuple[str, ...] = ("is_anomaly", "anomaly_type")  # label columns carried through
+    #: raw values that stand for a missing reply, compared before any unit conversion (e.g.
+    #: RIPE Atlas writes -3 for a timeout and -4 for an error): read as missing, not as errors
+    missing_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "missing_values", tuple(float(v) for v in self.missing_values))
+        except (TypeError, ValueError):
+            raise ValueError(f"missing_values must be numbers, got {self.missing_values!r}") from None
         if self.format not in ("auto", "wide", "long"):
             raise ValueError(f"format must be auto, wide or long, got {self.format!r}")
         if self.timestamp_unit not in ("auto", "s", "ms", "iso"):
@@ -176,6 +185,15 @@ def _to_success(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
+def blank_missing(v: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
+    """Sentinel values (a raw code for "no reply") become NaN, i.e. a missing reply."""
+    if not sentinels:
+        return v
+    out = v.copy()
+    out[np.isin(out, np.asarray(sentinels, dtype=float))] = np.nan
+    return out
+
+
 def _convert(v: np.ndarray, from_unit: str, signal: str) -> np.ndarray:
     target = SIGNALS[signal].unit
     return v * UNIT_FACTORS[from_unit] / _SIGNAL_UNIT_MS[target]
@@ -225,6 +243,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
                 v, bad = _to_success(raw[c])
             else:
                 v, bad = _to_float(raw[c])
+                v = blank_missing(v, options.missing_values)
                 if c in options.units:
                     v = _convert(v, options.units[c], sig)
             for i in np.flatnonzero(bad)[:50]:
@@ -245,7 +264,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
     is_succ = (sig == "lbm_success").to_numpy()
     val, bad = _to_float(raw["value"])
     sv, sbad = _to_success(raw["value"])
-    val = np.where(is_succ, sv, val)
+    val = np.where(is_succ, sv, blank_missing(val, options.missing_values))
     bad = np.where(is_succ, sbad, bad)
     for i in np.flatnonzero(bad)[:50]:
         problems.append(Problem(f, int(rows[i]), "value", f"not a {'boolean' if is_succ[i] else 'number'}: {raw['value'].iloc[i]!r}"))
