@@ -1,0 +1,375 @@
+"""Score level-change records on labelled real RTT traces (RIPE Atlas, issue 11).
+
+``python -m ocad_pipeline.change_eval [--traces DIR] [--tolerance 2 5] [--split dev|holdout|all]
+[--methods ocad cusum kernel] [--output FILE.json]`` (console script ``ocad-change-eval``).
+
+Three methods run on the same traces, scored the same way:
+
+- ``ocad``: :class:`ocad_detectors.levels.LevelShiftDetector` with its default configuration,
+  streaming (one ``update`` per sample, real timestamps); a change is its ``change_ms``.
+- ``cusum``: a textbook two-sided robust CUSUM (:func:`robust_cusum`): reference = median and
+  MAD of a trailing window, ``k = 0.5``, ``h = 5`` robust σ, restart after each alarm at the
+  alarm sample; the change reported is the alarm sample.
+- ``kernel``: ruptures ``KernelCPD(kernel="rbf", min_size=2).fit(x).predict(pen=2·log(n)·var(x))``
+  (PELT, offline, sees the whole trace); needs the optional extra ``eval`` (``pip install
+  'ocad[eval]'``). Skipped with a message when ruptures is not installed.
+
+Trace format (the folder's README): ``epoch;rtt;cp`` with a header, ``epoch`` either
+``YYYY-mm-dd HH:MM:SS`` or ``dd/mm/yyyy HH:MM`` (UTC), ``rtt`` in ms with ``-3`` (timeout) and
+``-4`` (error) meaning a missing reply, ``cp = 1`` on the first sample of a new level. Rows are
+kept in FILE order (the labels are per row): backward time steps and duplicate stamps are not
+re-sorted; the detector gets timestamps made strictly increasing (``t_i = max(t_i, t_{i-1} + 1 ms)``)
+so that each change time maps back to exactly one row. Missing replies stay in the row sequence
+as NaN for the streaming detectors (skipped there); the offline kernel method and the CUSUM
+baseline see the trace with the missing rows removed and their indices mapped back to rows.
+
+Scoring (the publication's convention): every detected change and every labelled change is a
+row index; they match one-to-one by minimum-cost bipartite matching (cost = index distance)
+when at most ``tolerance`` rows apart; TP, FP, FN are summed over traces (micro precision,
+recall, F1). Per direction: a labelled change is "up" when the median of the (up to) 5 valid
+samples from it onwards is above the median of the 5 valid samples before it; a detection's
+direction is its own (ocad, cusum) or computed the same way (kernel). Per-direction scores match
+only detections and labels of that direction.
+
+Hold-out discipline: the traces sorted by file name are split deterministically, every third
+file (positions 2, 5, 8, ... counting from 0) is ``holdout``, the rest ``dev``. The detector's
+defaults were tuned on ``dev`` only; ``holdout`` numbers are the honest estimate for traces
+nobody tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ocad_detectors.levels import LevelShiftConfig, LevelShiftDetector
+
+__all__ = [
+    "DEFAULT_TRACES",
+    "METHODS",
+    "Trace",
+    "detect_kernel",
+    "detect_ocad",
+    "evaluate",
+    "label_directions",
+    "load_trace",
+    "load_traces",
+    "main",
+    "match_changes",
+    "robust_cusum",
+    "split_traces",
+]
+
+#: where the labelled traces live, relative to the repository root (beside the worktree)
+DEFAULT_TRACES = Path("../shared/data/ripe_atlas_rtt/traces")
+METHODS: tuple[str, ...] = ("ocad", "cusum", "kernel")
+MISSING_CODES = (-3.0, -4.0)
+_DIR_WINDOW = 5
+
+
+class TraceFormatError(ValueError):
+    """A trace file that does not follow the ``epoch;rtt;cp`` format (names file and line)."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One labelled trace: rows in file order."""
+
+    name: str
+    ts_ms: np.ndarray  # int64, strictly increasing (see module docstring)
+    rtt_ms: np.ndarray  # float64, NaN = missing reply
+    cp: np.ndarray  # int64 row indices of labelled changes (first sample of the new level)
+
+    @property
+    def n(self) -> int:
+        return int(self.rtt_ms.size)
+
+
+def _parse_epoch(s: str) -> int:
+    s = s.strip()
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y-%m-%d %H:%M"):
+        try:
+            dt = datetime.strptime(s, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        return int(dt.timestamp() * 1000)
+    raise ValueError(f"unrecognised time stamp {s!r} (expected 'YYYY-mm-dd HH:MM:SS' or 'dd/mm/yyyy HH:MM')")
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read one ``epoch;rtt;cp`` file (CRLF or LF). Bad lines raise :class:`TraceFormatError`."""
+    path = Path(path)
+    ts: list[int] = []
+    vals: list[float] = []
+    cps: list[int] = []
+    with path.open("r", encoding="utf-8", newline=None) as fh:
+        header = fh.readline().strip().lower().replace(" ", "")
+        if header != "epoch;rtt;cp":
+            raise TraceFormatError(f"{path}: line 1: expected header 'epoch;rtt;cp', got {header!r}")
+        for lineno, line in enumerate(fh, start=2):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(";")
+            if len(parts) != 3:
+                raise TraceFormatError(f"{path}: line {lineno}: expected 3 ';'-separated fields, got {len(parts)}")
+            try:
+                t = _parse_epoch(parts[0])
+                v = float(parts[1])
+                c = int(parts[2])
+            except ValueError as e:
+                raise TraceFormatError(f"{path}: line {lineno}: {e}") from None
+            if c not in (0, 1):
+                raise TraceFormatError(f"{path}: line {lineno}: cp must be 0 or 1, got {c}")
+            if v in MISSING_CODES or not math.isfinite(v) or v <= 0:
+                v = math.nan
+            if c:
+                cps.append(len(vals))
+            ts.append(t)
+            vals.append(v)
+    if not vals:
+        raise TraceFormatError(f"{path}: no data rows")
+    t_arr = np.asarray(ts, dtype=np.int64)
+    # strictly increasing stamps in file order: backward steps / duplicates move 1 ms past the previous
+    for i in range(1, t_arr.size):
+        if t_arr[i] <= t_arr[i - 1]:
+            t_arr[i] = t_arr[i - 1] + 1
+    return Trace(path.stem, t_arr, np.asarray(vals, dtype=np.float64), np.asarray(cps, dtype=np.int64))
+
+
+def split_traces(names: list[str]) -> dict[str, list[str]]:
+    """Deterministic split: sorted names, every third (positions 2, 5, 8, ...) is holdout."""
+    s = sorted(names)
+    holdout = [n for i, n in enumerate(s) if i % 3 == 2]
+    dev = [n for i, n in enumerate(s) if i % 3 != 2]
+    return {"dev": dev, "holdout": holdout, "all": s}
+
+
+def load_traces(folder: str | Path, split: str = "all") -> list[Trace]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"traces folder {folder} does not exist")
+    files = {p.stem: p for p in folder.glob("*.csv")}
+    if not files:
+        raise FileNotFoundError(f"no *.csv traces in {folder}")
+    parts = split_traces(list(files))
+    if split not in parts:
+        raise ValueError(f"split must be one of {sorted(parts)}, got {split!r}")
+    return [load_trace(files[n]) for n in parts[split]]
+
+
+# ----------------------------------------------------------------------------------- directions
+
+
+def _side_median(x: np.ndarray, i: int, forward: bool, w: int = _DIR_WINDOW) -> float:
+    out: list[float] = []
+    j = i if forward else i - 1
+    step = 1 if forward else -1
+    while 0 <= j < x.size and len(out) < w:
+        if x[j] == x[j]:
+            out.append(float(x[j]))
+        j += step
+    return float(np.median(out)) if out else math.nan
+
+
+def label_directions(x: np.ndarray, idx: np.ndarray) -> list[str]:
+    """'up'/'down' for each change row: median of up to 5 valid samples after vs before."""
+    dirs = []
+    for i in idx:
+        a = _side_median(x, int(i), False)
+        b = _side_median(x, int(i), True)
+        dirs.append("up" if (b > a) else "down")
+    return dirs
+
+
+# ----------------------------------------------------------------------------------- methods
+
+
+def detect_ocad(tr: Trace, config: LevelShiftConfig | None = None) -> tuple[np.ndarray, list[str]]:
+    """OCAD's streaming detector over the trace -> (row indices of change starts, directions)."""
+    det = LevelShiftDetector(config)
+    recs = det.run(tr.ts_ms, tr.rtt_ms, endpoint_id=tr.name, signal="rtt_ms")
+    if not recs:
+        return np.zeros(0, dtype=np.int64), []
+    idx = np.searchsorted(tr.ts_ms, np.asarray([r.change_ms for r in recs], dtype=np.int64))
+    return idx.astype(np.int64), [r.direction for r in recs]
+
+
+def robust_cusum(x: np.ndarray, k: float = 0.5, h: float = 5.0, window: int = 50) -> tuple[np.ndarray, list[str]]:
+    """Textbook two-sided robust CUSUM on valid samples -> (valid-sample indices, directions).
+
+    Reference = median / (1.4826·MAD) of the last ``window`` samples of the current segment
+    (the first ``window`` samples of a segment are its learning period, no alarms); z clipped to
+    ±3 (a Huber-style robustification); ``S+ = max(0, S+ + z - k)``, ``S- = max(0, S- - z - k)``;
+    an alarm when either exceeds ``h``; the segment restarts at the alarm sample.
+    """
+    alarms: list[int] = []
+    dirs: list[str] = []
+    seg_start = 0
+    sp = sm = 0.0
+    mu = sd = math.nan
+    n = x.size
+    i = 0
+    while i < n:
+        if i - seg_start < window:
+            if i - seg_start == window - 1:
+                w = x[seg_start : i + 1]
+                mu = float(np.median(w))
+                sd = 1.4826 * float(np.median(np.abs(w - mu)))
+                sd = max(sd, 1e-3 * abs(mu), 1e-9)
+                sp = sm = 0.0
+            i += 1
+            continue
+        z = (x[i] - mu) / sd
+        z = min(3.0, max(-3.0, z))
+        sp = max(0.0, sp + z - k)
+        sm = max(0.0, sm - z - k)
+        if sp > h or sm > h:
+            alarms.append(i)
+            dirs.append("up" if sp > h else "down")
+            seg_start = i
+            sp = sm = 0.0
+        i += 1
+    return np.asarray(alarms, dtype=np.int64), dirs
+
+
+def _valid(tr: Trace) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.flatnonzero(~np.isnan(tr.rtt_ms))
+    return ok, tr.rtt_ms[ok]
+
+
+def detect_cusum(tr: Trace) -> tuple[np.ndarray, list[str]]:
+    rows, x = _valid(tr)
+    idx, dirs = robust_cusum(x)
+    return rows[idx], dirs
+
+
+def detect_kernel(tr: Trace) -> tuple[np.ndarray, list[str]]:
+    """ruptures KernelCPD (rbf, PELT), penalty 2·log(n)·var; breakpoints are change starts."""
+    import ruptures as rpt  # optional extra 'eval'
+
+    rows, x = _valid(tr)
+    n = x.size
+    algo = rpt.KernelCPD(kernel="rbf", min_size=2).fit(x.reshape(-1, 1))
+    bkps = algo.predict(pen=2.0 * math.log(n) * float(np.var(x)))
+    starts = np.asarray([b for b in bkps if b < n], dtype=np.int64)
+    idx = rows[starts] if starts.size else np.zeros(0, dtype=np.int64)
+    return idx, label_directions(tr.rtt_ms, idx)
+
+
+_DETECTORS = {"ocad": detect_ocad, "cusum": detect_cusum, "kernel": detect_kernel}
+
+
+# ----------------------------------------------------------------------------------- scoring
+
+
+def match_changes(detected: np.ndarray, labelled: np.ndarray, tolerance: int) -> int:
+    """Number of one-to-one matches (minimum-cost bipartite matching) within ``tolerance`` rows."""
+    if detected.size == 0 or labelled.size == 0:
+        return 0
+    from scipy.optimize import linear_sum_assignment  # training stack (scikit-learn's dependency)
+
+    d = np.abs(detected.astype(np.float64)[:, None] - labelled.astype(np.float64)[None, :])
+    big = 1e9
+    cost = np.where(d <= tolerance, d, big)
+    r, c = linear_sum_assignment(cost)
+    return int(np.sum(cost[r, c] < big))
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float | int]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": p, "recall": r, "f1": f}
+
+
+def evaluate(
+    traces: list[Trace],
+    methods: tuple[str, ...] | list[str] = METHODS,
+    tolerances: tuple[int, ...] | list[int] = (2, 5),
+    config: LevelShiftConfig | None = None,
+) -> dict[str, Any]:
+    """Run each method on each trace and score it -> nested dict (method -> tolerance -> scores)."""
+    out: dict[str, Any] = {"traces": [t.name for t in traces], "methods": {}}
+    for m in methods:
+        if m not in _DETECTORS:
+            raise ValueError(f"unknown method {m!r}; known: {list(_DETECTORS)}")
+        fn = _DETECTORS[m]
+        t0 = time.perf_counter()
+        per_trace = []
+        for tr in traces:
+            idx, dirs = fn(tr, config) if m == "ocad" else fn(tr)
+            per_trace.append((tr, idx, dirs))
+        secs = time.perf_counter() - t0
+        res: dict[str, Any] = {"seconds": secs}
+        for tol in tolerances:
+            cnt = {"all": [0, 0, 0], "up": [0, 0, 0], "down": [0, 0, 0]}
+            for tr, idx, dirs in per_trace:
+                ldirs = label_directions(tr.rtt_ms, tr.cp)
+                for key in cnt:
+                    if key == "all":
+                        d_sel, l_sel = idx, tr.cp
+                    else:
+                        d_sel = idx[[d == key for d in dirs]] if len(dirs) else idx[:0]
+                        l_sel = tr.cp[[d == key for d in ldirs]] if len(ldirs) else tr.cp[:0]
+                    tp = match_changes(d_sel, l_sel, tol)
+                    cnt[key][0] += tp
+                    cnt[key][1] += int(d_sel.size) - tp
+                    cnt[key][2] += int(l_sel.size) - tp
+            res[str(tol)] = {k: _prf(*v) for k, v in cnt.items()}
+        out["methods"][m] = res
+    return out
+
+
+def format_table(result: dict[str, Any], split: str) -> str:
+    lines = [f"split={split} traces={len(result['traces'])}",
+             f"{'method':8} {'tol':>3} {'P':>6} {'R':>6} {'F1':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'F1 up':>6} {'F1 dn':>6} {'secs':>6}"]
+    for m, res in result["methods"].items():
+        for tol, sc in res.items():
+            if tol == "seconds":
+                continue
+            a = sc["all"]
+            lines.append(f"{m:8} {tol:>3} {a['precision']:6.3f} {a['recall']:6.3f} {a['f1']:6.3f} {a['tp']:5d} {a['fp']:5d} "
+                         f"{a['fn']:5d} {sc['up']['f1']:6.3f} {sc['down']['f1']:6.3f} {res['seconds']:6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ocad-change-eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--traces", default=str(DEFAULT_TRACES), help="folder of labelled epoch;rtt;cp traces")
+    ap.add_argument("--tolerance", type=int, nargs="+", default=[2, 5], help="match tolerance(s) in samples")
+    ap.add_argument("--split", default="all", choices=["dev", "holdout", "all"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--output", help="write the scores as JSON here")
+    args = ap.parse_args(argv)
+    try:
+        traces = load_traces(args.traces, args.split)
+    except (FileNotFoundError, TraceFormatError) as e:
+        print(f"ocad-change-eval: {e}", file=sys.stderr)
+        return 2
+    methods = list(args.methods)
+    if "kernel" in methods:
+        try:
+            import ruptures  # noqa: F401
+        except ImportError:
+            print("ocad-change-eval: ruptures is not installed (pip install 'ocad[eval]'); skipping 'kernel'", file=sys.stderr)
+            methods.remove("kernel")
+    result = evaluate(traces, methods, args.tolerance)
+    result["split"] = args.split
+    print(format_table(result, args.split))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
