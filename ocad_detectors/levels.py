@@ -1,35 +1,41 @@
 """Streaming two-sided level-shift detector that re-anchors on the new level (issue 11).
 
-One state per (endpoint, signal); ``update(state, ts_ms, value)`` per sample, river style.
-Pure Python + numpy-free hot path; this module imports nothing from the rest of the package
-(``config.py`` imports :class:`LevelShiftConfig` from here).
+One state per (endpoint, signal), ``update(state, ts_ms, value)`` per sample, river style; pure
+Python (no numpy on the hot path, a few µs per sample). This module imports nothing from the
+rest of the package, so ``config.py`` can import :class:`LevelShiftConfig` from here.
 
-Method (a robust two-sided CUSUM with segment re-anchoring):
+Method (a robust two-sided CUSUM on the current segment, re-anchored after each change):
 
-- The current *segment* has a reference level ``mu`` (median) and scale ``sigma``
-  (1.4826·MAD, floored at ``scale_floor_rel·|mu|``) from its last ``reference_window_s`` of
-  samples, recomputed while the segment is young and then every ``_REFRESH`` samples. Samples of
-  an ongoing excursion (a CUSUM above 0) are left out, so a shift does not leak into its own
-  reference (the self-normalisation trap of DOMAIN.md).
-- ``z = clip((x - mu) / sigma, ±clip)``; ``S+ = max(0, S+ + z - k)``, ``S- = max(0, S- - z - k)``,
-  both capped at ``2h``. The sample after which a sum last left 0 is its candidate change start
-  (the argmin of the CUSUM path).
-- A change is *confirmed* when a sum exceeds ``h`` and the candidate new segment (start .. now)
-  lasts at least ``min_duration_s`` and its median level differs from ``mu`` by at least
-  ``max(min_shift_sigma·sigma, min_shift_rel·|mu|)``, its lower (upper for down) median too: one
-  late reply, however large (its z is clipped), is never a sustained shift.
-- The reported change time is the estimated first sample of the new level (the candidate start,
-  moved forward to the first sample past the midpoint between old and new level), not the
-  detection sample. On confirmation the detector re-anchors: a new segment starts there, its
-  ``mu`` is re-estimated on the new samples every sample (``sigma`` is at least the old one
-  until the new segment has ``_MIN_SCALE_N`` samples), both sums restart.
-- ``up_evidence`` (degradation evidence) is true from a confirmed upward change until the new
-  segment has lasted ``rebaseline_s`` (it is then the normal level) or a downward change comes.
+- The current *segment* has a level ``mu`` (median) and a scale ``sigma`` (1.4826·MAD, at least
+  ``scale_floor_rel·|mu|``) over its last ``reference_window_s``; they are recomputed every sample
+  while the segment is young and every ``_REFRESH`` samples after that. Samples of an ongoing
+  excursion (a sum above 0) are left out, so a shift does not leak into its own reference (the
+  self-normalisation trap of DOMAIN.md); an excursion that never confirms is dropped after
+  ``max_pending_s`` so a slow drift cannot saturate the sums.
+- The unit of the sums is the smallest shift of interest, ``delta = max(min_shift_sigma·sigma,
+  min_shift_rel·|mu|)``: ``y = clip((x - mu) / delta, ±clip)``, ``S+ = max(0, S+ + y - k)``,
+  ``S- = max(0, S- - y - k)`` (capped at 2h). The sample at which a sum left 0 starts its
+  candidate new segment (the argmin of the CUSUM path).
+- A change is *confirmed* when a sum is above ``h``, the candidate has lasted ``min_duration_s``,
+  its median and its inner median (lower for up, upper for down) are ``confirm_shift·delta`` or
+  more from ``mu``, and the shift is ``min_snr`` times the candidate's own spread. One late reply,
+  however large, cannot be a sustained shift (its ``y`` is clipped and the medians ignore it).
+- The change time reported is the estimated first sample of the new level (the first candidate
+  sample past the midpoint between the two levels), not the detection sample. Then the
+  detector re-anchors: a new segment starts there, its level is re-estimated on the new samples
+  (its scale is the old one for its first ``_MIN_SCALE_N`` samples), both sums restart. A
+  lasting shift gives one change record, not days of alarm.
+- ``up_evidence`` (degradation evidence for the alert policy) is true from a confirmed upward
+  change until the new level has held ``rebaseline_s`` (it is the normal level then) or until a
+  downward change. The score is ``S+`` through the squash map (0.5 at ``h``), at least 0.5
+  while the evidence holds.
 
-Times enter only through the sample interval, inferred per state as the median of the recent
-inter-arrival times: every ``*_s`` parameter becomes a sample count ``round(seconds / interval)``
-(at least 1), so 5 s and 240 s probes with time-scaled parameters take identical decisions.
-Missing values (NaN) are skipped (their time stamps still count for the interval).
+Times enter only through the sample interval, inferred per state as the median of the last 15
+positive inter-arrival times (missing replies count, backward steps and duplicates do not):
+every ``*_s`` parameter becomes a sample count ``round(seconds / interval)`` (at least 1), so
+5 s and 240 s probes with time-scaled parameters (:meth:`LevelShiftConfig.scaled`) take
+identical decisions. Missing values (NaN) are skipped. The defaults were tuned on 240 s RIPE
+Atlas RTT traces (the ``dev`` split of ``ocad_pipeline.change_eval``).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ class LevelShiftConfig:
     #: min_shift_rel * |segment level|); the CUSUM runs on y = (x - level) / delta
     min_shift_sigma: float = 4.0
     #: ... relative part of delta (0.01 = 1 % of the level)
-    min_shift_rel: float = 0.01
+    min_shift_rel: float = 0.008
     #: CUSUM slack per sample, in units of delta (0.5: tuned for a shift of exactly delta)
     k: float = 0.5
     #: CUSUM decision threshold, in units of delta
@@ -80,13 +86,16 @@ class LevelShiftConfig:
     #: a confirmed change needs the median (and the inner median) of the new samples at least
     #: confirm_shift * delta away from the old level
     confirm_shift: float = 1.0
+    #: ... and the shift must be at least min_snr times the robust spread of the new samples
+    #: (a burst of jitter scatters widely; a new level is tight around its median)
+    min_snr: float = 2.0
     #: a new level must have lasted this long (seconds, from its first sample) to be confirmed
-    min_duration_s: float = 480.0
+    min_duration_s: float = 8 * 240.0
     #: an excursion that has not confirmed after this long (seconds) is dropped (the reference
     #: then absorbs it): a slow drift of less than delta must not saturate the sums
-    max_pending_s: float = 16 * 240.0
+    max_pending_s: float = 32 * 240.0
     #: trailing span (seconds) of the current segment that its level and scale come from
-    reference_window_s: float = 64 * 240.0
+    reference_window_s: float = 16 * 240.0
     #: span (seconds) before the very first segment is trusted (no change before it)
     warmup_s: float = 8 * 240.0
     #: after a confirmed upward change, ``up_evidence`` lasts until the new level has held this
@@ -109,6 +118,7 @@ class LevelShiftConfig:
             _chk(name, getattr(self, name), positive=True)
         _chk("min_shift_sigma", self.min_shift_sigma, lo=0.0)
         _chk("confirm_shift", self.confirm_shift, lo=0.0)
+        _chk("min_snr", self.min_snr, lo=0.0)
         _chk("min_shift_rel", self.min_shift_rel, lo=0.0, hi=10.0)
         _chk("scale_floor_rel", self.scale_floor_rel, lo=0.0, hi=1.0)
 
@@ -185,7 +195,26 @@ class LevelShiftState:
         self.rebase_n = 0  # absolute index at which the evidence ends (re-baselined)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: (list(v) if isinstance(v, list) else v) for name in self.__slots__ for v in (getattr(self, name),)}
+        """Plain JSON-able numbers, strings and lists (NaN as None)."""
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            v = getattr(self, name)
+            out[name] = list(v) if isinstance(v, list) else (None if isinstance(v, float) and v != v else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LevelShiftState:
+        """Inverse of :meth:`to_dict` (a state saved by a service restart continues exactly)."""
+        missing = [k for k in cls.__slots__ if k not in d]
+        if missing:
+            raise ValueError(f"levels state: missing field(s) {missing}")
+        st = cls()
+        for name in cls.__slots__:
+            v = d[name]
+            if v is None and isinstance(getattr(st, name), float):
+                v = math.nan
+            setattr(st, name, list(v) if isinstance(v, list) else v)
+        return st
 
 
 def _median(v: Sequence[float]) -> float:
@@ -193,13 +222,6 @@ def _median(v: Sequence[float]) -> float:
     m = len(s)
     h = m // 2
     return s[h] if m % 2 else 0.5 * (s[h - 1] + s[h])
-
-
-def _squash(stat: float, h: float) -> float:
-    """Same map as ``ocad_detectors._util.squash``: 0.5 exactly at the threshold."""
-    if stat <= h:
-        return 0.5 * stat / h
-    return 1.0 - 0.5 * h / stat
 
 
 class LevelShiftDetector:
@@ -238,12 +260,13 @@ class LevelShiftDetector:
             return
         vals = st.xs[lo - st.base:end - st.base]
         mu = _median(vals)
+        # scale from successive differences: a level step inside the window barely moves it
         sig = _median([abs(v - mu) for v in vals]) * 1.4826 if len(vals) > 2 else 0.0
         fl = c.scale_floor_rel * abs(mu)
         if sig < fl:
             sig = fl
-        if end - st.seg_start < _MIN_SCALE_N and st.sigma_prev > sig:
-            sig = st.sigma_prev
+        if end - st.seg_start < _MIN_SCALE_N and st.sigma_prev > 0.0:
+            sig = st.sigma_prev  # a few samples of a new level say little about its noise
         d = c.min_shift_sigma * sig
         dr = c.min_shift_rel * abs(mu)
         if dr > d:
@@ -257,28 +280,35 @@ class LevelShiftDetector:
     def _confirm(self, st: LevelShiftState, start: int, up: bool, ts_ms: int) -> ChangeRecord | None:
         c = self.config
         n = st.n  # samples [start, n) are the candidate new segment
-        if n - start < self._count(st, c.min_duration_s):
+        m_min = self._count(st, c.min_duration_s)
+        if n - start < m_min:
             return None
         base = st.base
-        cand = sorted(st.xs[start - base:n - base])
-        m = len(cand)
-        med = cand[m // 2] if m % 2 else 0.5 * (cand[m // 2 - 1] + cand[m // 2])
-        inner = cand[(m - 1) // 2] if up else cand[m // 2]  # lower median for up, upper for down
+        xs = st.xs
+        # the new level is the median of the last min_duration; its inner median (lower for up,
+        # upper for down) must be past the threshold too, so most of those samples are shifted
+        recent = sorted(xs[start - base:n - base])
+        mm = len(recent)
+        h2 = mm // 2
+        new = recent[h2] if mm % 2 else 0.5 * (recent[h2 - 1] + recent[h2])
+        inner = recent[(mm - 1) // 2] if up else recent[h2]
         thr = c.confirm_shift * st.delta
         mu = st.mu
         if up:
-            if med - mu < thr or inner - mu < thr:
+            if new - mu < thr or inner - mu < thr:
                 return None
-        elif mu - med < thr or mu - inner < thr:
+        elif mu - new < thr or mu - inner < thr:
             return None
-        # the first sample past the midpoint between the old and the new level
-        mid = 0.5 * (mu + med)
+        if c.min_snr > 0.0 and abs(new - mu) < c.min_snr * 1.4826 * _median([abs(v - new) for v in recent]):
+            return None  # a burst of jitter, not a new level: the shift is small against its own spread
+        # change start: the first candidate sample past the midpoint between the two levels
         j = start
-        xs = st.xs
+        mid = 0.5 * (mu + new)
         while j < n - 1 and ((xs[j - base] <= mid) if up else (xs[j - base] >= mid)):
             j += 1
+        after = _median(xs[j - base:n - base])
         rec = ChangeRecord(st.endpoint_id, st.signal, "up" if up else "down", int(st.ts[j - base]), int(ts_ms),
-                           float(mu), float(med), st.unit)
+                           float(mu), float(after), st.unit)
         # re-anchor on the new segment
         st.sigma_prev = st.sigma
         st.seg_start = j
@@ -397,7 +427,14 @@ class LevelShiftDetector:
     # -- conveniences ----------------------------------------------------------------------
 
     def score_one(self, endpoint_id: str, signal: str, ts_ms: int, value: float, unit: str = "") -> tuple[float, bool, ChangeRecord | None]:
-        """Standalone use: the detector keeps one state per (endpoint, signal)."""
+        """Standalone use with checked input (``ValueError`` naming the problem); the detector
+        keeps one state per (endpoint, signal)."""
+        if isinstance(ts_ms, bool) or not isinstance(ts_ms, (int, float)) or ts_ms != ts_ms or abs(ts_ms) == _INF:
+            raise ValueError(f"levels: ts_ms must be a number of milliseconds, got {ts_ms!r}")
+        if value is None:
+            value = math.nan  # a missing reply
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"levels: value must be a number or None (missing), got {value!r}")
         key = (endpoint_id, signal)
         st = self._states.get(key)
         if st is None:
