@@ -71,8 +71,8 @@ __all__ = [
     "split_traces",
 ]
 
-#: where the labelled traces live, relative to the repository root (beside the worktree)
-DEFAULT_TRACES = Path("../shared/data/ripe_atlas_rtt/traces")
+#: where the labelled traces live: beside the repository root (``../shared/data/...``)
+DEFAULT_TRACES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ripe_atlas_rtt" / "traces").resolve()
 METHODS: tuple[str, ...] = ("ocad", "cusum", "kernel")
 MISSING_CODES = (-3.0, -4.0)
 _DIR_WINDOW = 5
@@ -97,14 +97,24 @@ class Trace:
 
 
 def _parse_epoch(s: str) -> int:
+    """``YYYY-mm-dd HH:MM[:SS]`` or ``dd/mm/yyyy HH:MM`` (UTC) -> epoch ms."""
     s = s.strip()
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y-%m-%d %H:%M"):
-        try:
-            dt = datetime.strptime(s, fmt).replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-        return int(dt.timestamp() * 1000)
-    raise ValueError(f"unrecognised time stamp {s!r} (expected 'YYYY-mm-dd HH:MM:SS' or 'dd/mm/yyyy HH:MM')")
+    try:
+        date, _, clock = s.partition(" ")
+        hms = clock.split(":")
+        if "-" in date:
+            y, mo, d = date.split("-")
+        elif "/" in date:
+            d, mo, y = date.split("/")
+        else:
+            raise ValueError
+        if len(y) != 4 or len(hms) not in (2, 3):
+            raise ValueError
+        dt = datetime(int(y), int(mo), int(d), int(hms[0]), int(hms[1]), int(hms[2]) if len(hms) == 3 else 0,
+                      tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"unrecognised time stamp {s!r} (expected 'YYYY-mm-dd HH:MM:SS' or 'dd/mm/yyyy HH:MM')") from None
+    return int(dt.timestamp()) * 1000
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -336,6 +346,9 @@ def evaluate(
             per_trace.append((tr, idx, dirs))
         secs = time.perf_counter() - t0
         res: dict[str, Any] = {"seconds": secs}
+        res["per_trace"] = {tr.name: {"labelled": int(tr.cp.size), "detected": int(idx.size),
+                                      **{f"tp@{tol}": match_changes(idx, tr.cp, tol) for tol in tolerances}}
+                            for tr, idx, _ in per_trace}
         for tol in tolerances:
             cnt = {"all": [0, 0, 0], "up": [0, 0, 0], "down": [0, 0, 0]}
             for tr, idx, dirs in per_trace:
@@ -360,7 +373,7 @@ def format_table(result: dict[str, Any], split: str) -> str:
              f"{'method':8} {'tol':>3} {'P':>6} {'R':>6} {'F1':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'F1 up':>6} {'F1 dn':>6} {'secs':>6}"]
     for m, res in result["methods"].items():
         for tol, sc in res.items():
-            if tol == "seconds":
+            if tol in ("seconds", "per_trace"):
                 continue
             a = sc["all"]
             lines.append(f"{m:8} {tol:>3} {a['precision']:6.3f} {a['recall']:6.3f} {a['f1']:6.3f} {a['tp']:5d} {a['fp']:5d} "
