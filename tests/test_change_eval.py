@@ -118,10 +118,11 @@ def test_ocad_on_real_traces_beats_floor(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     ocad, cusum = res["methods"]["ocad"], res["methods"]["cusum"]
     assert len(res["traces"]) == 25
-    # measured at commit time on all 25: ocad F1@2 0.64, F1@5 0.65; cusum F1@2 0.58
-    assert ocad["5"]["all"]["f1"] > 0.60
-    assert ocad["2"]["all"]["f1"] > 0.58
-    assert ocad["2"]["up"]["f1"] > 0.5 and ocad["2"]["down"]["f1"] > 0.5
+    # measured on all 25 when the defaults were set: ocad F1@2 0.660, F1@5 0.677 (up 0.649,
+    # down 0.659 at 2); textbook cusum F1@2 0.517. Floors leave ~0.05 of margin.
+    assert ocad["5"]["all"]["f1"] > 0.62
+    assert ocad["2"]["all"]["f1"] > 0.60
+    assert ocad["2"]["up"]["f1"] > 0.58 and ocad["2"]["down"]["f1"] > 0.58
     assert ocad["2"]["all"]["f1"] > cusum["2"]["all"]["f1"]
 
 
