@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--output", help="write the scores as JSON here")
     args = ap.parse_args(argv)
+    if any(t < 0 for t in args.tolerance):
+        ap.error(f"--tolerance must be >= 0 samples, got {args.tolerance}")
     try:
         traces = load_traces(args.traces, args.split)
     except (FileNotFoundError, TraceFormatError) as e:
