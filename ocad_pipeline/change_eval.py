@@ -5,8 +5,10 @@
 
 Three methods run on the same traces, scored the same way:
 
-- ``ocad``: :class:`ocad_detectors.levels.LevelShiftDetector` with its default configuration,
-  streaming (one ``update`` per sample, real timestamps); a change is its ``change_ms``.
+- ``ocad``: the change records of :class:`ocad_detectors.pipeline.DetectionPipeline` with its
+  default configuration and no trained models (its change-point detector is
+  :class:`ocad_detectors.levels.LevelShiftDetector`), real timestamps; a change is a record's
+  ``change_ms``.
 - ``cusum``: a textbook two-sided robust CUSUM (:func:`robust_cusum`): reference = median and
   1.4826·MAD of the first 10 samples of each segment, z clipped to ±3, ``k = 2``, ``h = 20``
   robust σ (the best of a small grid on ``dev``); the change reported is the classic estimate
@@ -207,9 +209,19 @@ def label_directions(x: np.ndarray, idx: np.ndarray) -> list[str]:
 
 
 def detect_ocad(tr: Trace, config: LevelShiftConfig | None = None) -> tuple[np.ndarray, list[str]]:
-    """OCAD's streaming detector over the trace -> (row indices of change starts, directions)."""
-    det = LevelShiftDetector(config)
-    recs = det.run(tr.ts_ms, tr.rtt_ms, endpoint_id=tr.name, signal="rtt_ms")
+    """OCAD as an operator runs it: the whole :class:`~ocad_detectors.pipeline.DetectionPipeline`
+    (default detection config, no trained models) over the trace as one endpoint's UDP echo RTT;
+    its change records -> (row indices of change starts, directions)."""
+    import pandas as pd
+
+    from ocad_detectors.config import ChangePointConfig, DetectionConfig
+    from ocad_detectors.modelset import ModelSet
+    from ocad_detectors.pipeline import DetectionPipeline
+
+    cfg = DetectionConfig(changepoint=ChangePointConfig(levels=config)) if config is not None else DetectionConfig()
+    pipe = DetectionPipeline(cfg, models=ModelSet())
+    frame = pd.DataFrame({"timestamp_ms": tr.ts_ms, "endpoint_id": tr.name, "udp_echo_rtt_ms": tr.rtt_ms})
+    recs = pipe.score_frame(frame).change_records
     if not recs:
         return np.zeros(0, dtype=np.int64), []
     idx = np.searchsorted(tr.ts_ms, np.asarray([r.change_ms for r in recs], dtype=np.int64))
