@@ -8,7 +8,7 @@ Method (a robust two-sided CUSUM on the current segment, re-anchored after each 
 
 - The current *segment* has a level ``mu`` (median) and a scale ``sigma`` (1.4826·MAD, at least
   ``scale_floor_rel·|mu|``) over its last ``reference_window_s``; they are recomputed every sample
-  while the segment is young and every ``_REFRESH`` samples after that. Samples of an ongoing
+  while the segment is young and every ``_REFRESH`` samples (or 1/16 of the window, if longer) after that. Samples of an ongoing
   excursion (a sum above 0) are left out, so a shift does not leak into its own reference (the
   self-normalisation trap of DOMAIN.md); an excursion that never confirms is dropped after
   ``max_pending_s`` so a slow drift cannot saturate the sums.
@@ -47,7 +47,7 @@ from typing import Any
 
 __all__ = ["ChangeRecord", "LevelShiftConfig", "LevelShiftDetector", "LevelShiftState"]
 
-_REFRESH = 8  # reference refresh period (samples) once a segment is old enough
+_REFRESH = 8  # reference refresh period (samples) once a segment is old enough; at least 1/16 of the window
 _MIN_SCALE_N = 8  # samples before a new segment's own scale replaces the previous one
 _MIN_WARM = 3  # valid samples before the first reference exists, whatever the interval
 _DT_N = 15  # inter-arrival times the interval median is taken over
@@ -355,7 +355,7 @@ class LevelShiftDetector:
             return 0.0, False, None
         sp = st.sp
         sm = st.sm
-        if i - st.seg_start < 16 or i - st.ref_i >= _REFRESH:
+        if i - st.seg_start < 16 or i - st.ref_i >= max(_REFRESH, self._count(st, self.config.reference_window_s) >> 4):
             end = i
             if sp > 0.0 and st.up_start < end:
                 end = st.up_start
