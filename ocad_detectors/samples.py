@@ -15,7 +15,8 @@ absent key / column              supports this counts as loss (see ``RuleDetecto
 signal's ``max_value``           anything above cannot be a real measurement).
 strings, bools for delays,       *invalid* sample; strings are never coerced ("3.5" is an error,
 other types                      so a mis-typed feed is noticed instead of half-parsed).
-timestamp not an integer ≥ 0     *invalid* (epoch milliseconds; an integral float is accepted).
+timestamp not an integer in      *invalid* (epoch milliseconds; an integral float is accepted).
+[0, MAX_TIMESTAMP_MS]            Later than the wall clock (+ tolerance): ``future``, see pipeline.
 empty / non-string endpoint_id   *invalid*.
 unknown key in a mapping         *invalid* (a typo such as ``udp_echo_rtt`` must not silently
                                  become "missing" and raise loss alarms).
@@ -53,7 +54,10 @@ __all__ = [
     "check_success",
     "check_timestamp",
     "check_value",
+    "MAX_TIMESTAMP_MS",
     "detect_format",
+    "safe_repr",
+    "unknown_fields_message",
     "iter_samples",
     "long_to_wide",
     "read_samples",
@@ -68,6 +72,11 @@ SAMPLE_FIELDS: tuple[str, ...] = ("timestamp_ms", "endpoint_id", *SIGNAL_ORDER, 
 _NAN = float("nan")
 _LONG_COLUMNS = ("metric_name", "value")
 _TIMESTAMP_CANDIDATES = ("timestamp_ms", "timestamp", "time", "ts", "datetime")
+#: 9999-12-31T23:59:59.999Z: no probe stamps later; larger values are garbage (2**63, 1e20)
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+#: a file with more columns than this is refused before parsing (a header-only CSV with
+#: 100k columns would otherwise take minutes)
+MAX_COLUMNS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +109,46 @@ def _is_na(v: Any) -> bool:
     return t.__name__ in ("NAType", "NaTType") and t.__module__.startswith("pandas")
 
 
+def safe_repr(v: Any, fn: Any = repr, limit: int = 200) -> str:
+    """``repr`` (or ``fn``) of anything, shortened; never raises (a 10**5000 int or an object
+    whose ``__repr__`` raises still gets a description)."""
+    try:
+        if type(v) is int and v.bit_length() > 128:
+            return f"<int with {v.bit_length()} bits>"
+        r = fn(v)
+        if not isinstance(r, str):
+            raise TypeError
+    except Exception:
+        try:
+            r = f"<unprintable {type(v).__name__}>"
+        except Exception:  # pragma: no cover - type() always has a name
+            r = "<unprintable>"
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _show(v: Any) -> str:
-    r = repr(v)
-    return r if len(r) <= 40 else r[:37] + "..."
+    return safe_repr(v, limit=40)
+
+
+def unknown_fields_message(keys: Any) -> str | None:
+    """The error for keys / columns that are not sample fields (None when there are none)."""
+    unknown = [k for k in keys if not (isinstance(k, str) and k in SAMPLE_FIELDS)]
+    if not unknown:
+        return None
+    return (
+        f"unknown field(s) {', '.join(safe_repr(k, limit=40) for k in unknown[:10])}"
+        + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        + f"; a sample has timestamp_ms, endpoint_id and the signals {', '.join(SIGNAL_ORDER)}"
+    )
 
 
 def check_timestamp(v: Any) -> tuple[int | None, str | None]:
     """Epoch milliseconds as int, or an error message."""
     if type(v) is int:
         if v < 0:
-            return None, f"timestamp_ms: must be >= 0 epoch milliseconds, got {v}"
+            return None, f"timestamp_ms: must be >= 0 epoch milliseconds, got {_show(v)}"
+        if v > MAX_TIMESTAMP_MS:
+            return None, f"timestamp_ms: {_show(v)} is beyond the year 9999 (epoch milliseconds expected)"
         return v, None
     if _is_na(v):
         return None, "timestamp_ms: missing"
@@ -119,7 +158,9 @@ def check_timestamp(v: Any) -> tuple[int | None, str | None]:
         return check_timestamp(int(v))
     if isinstance(v, (float, np.floating)):
         f = float(v)
-        if math.isfinite(f) and f == math.floor(f) and abs(f) < 2**63:
+        if math.isfinite(f) and f == math.floor(f):
+            if abs(f) > 2**62:
+                return None, f"timestamp_ms: {f!r} is beyond the year 9999 (epoch milliseconds expected)"
             return check_timestamp(int(f))
         return None, f"timestamp_ms: expected integer epoch milliseconds, got {f!r}"
     return None, f"timestamp_ms: expected integer epoch milliseconds, got {type(v).__name__} {_show(v)}"
@@ -145,7 +186,10 @@ def check_value(name: str, v: Any) -> tuple[float, str | None]:
     elif isinstance(v, (bool, np.bool_)):
         return _NAN, f"{name}: expected a number in {SIGNALS[name].unit}, got a bool"
     elif isinstance(v, (int, float, np.integer, np.floating)):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond float range (10**400)
+            return _NAN, f"{name}: absurd value {_show(v)} (too large for a number in {SIGNALS[name].unit})"
     elif _is_na(v):
         return _NAN, None
     else:
@@ -173,7 +217,10 @@ def check_success(v: Any) -> tuple[float, str | None]:
     if _is_na(v):
         return _NAN, None
     if isinstance(v, (int, float, np.integer, np.floating)):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:
+            return _NAN, f"lbm_success: expected true/false (or 1/0), got {_show(v)}"
         if f == 1.0 or f == 0.0:
             return f, None
         return _NAN, f"lbm_success: expected true/false (or 1/0), got {f:g}"
@@ -221,6 +268,13 @@ def validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | 
     ``timestamp_ms``/``endpoint_id`` are whatever could be read (for the result); ``error`` names
     every bad field.
     """
+    try:
+        return _validate_sample(sample)
+    except Exception as exc:  # a hostile object (raising __getitem__, __iter__, __eq__, ...)
+        return None, None, None, f"unreadable sample ({safe_repr(type(sample).__name__, str)}): {type(exc).__name__}: {safe_repr(exc, str)}"
+
+
+def _validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | None, str | None]:
     errors: list[str] = []
     if type(sample) is Sample:
         t, eid, vals = validate_fields(
@@ -228,12 +282,9 @@ def validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | 
             sample.lbm_rtt_ms, sample.lbm_success, sample.input_error, errors,
         )
     elif isinstance(sample, Mapping):
-        unknown = [k for k in sample if k not in SAMPLE_FIELDS]
-        if unknown:
-            errors.append(
-                f"unknown field(s) {', '.join(repr(k) for k in unknown)}; a sample has "
-                f"timestamp_ms, endpoint_id and the signals {', '.join(SIGNAL_ORDER)}"
-            )
+        unknown_msg = unknown_fields_message(list(sample))
+        if unknown_msg:
+            errors.append(unknown_msg)
         g = sample.get
         t, eid, vals = validate_fields(
             g("timestamp_ms"), g("endpoint_id"), g("udp_echo_rtt_ms"), g("ecpri_ow_us"),
