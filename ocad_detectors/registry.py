@@ -607,7 +607,7 @@ class ModelRegistry:
         if create:
             mdir.mkdir(parents=True, exist_ok=True)
         _check_dir(mdir, f"model {model_name!r}")
-        if not create and not (mdir / INDEX_FILE).is_file():
+        if not create and not os.path.lexists(mdir / INDEX_FILE):
             raise ModelNotFoundError(f"model {model_name!r} not found: no {mdir / INDEX_FILE}")
         fd = os.open(mdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "a+b") as fh:
