@@ -77,6 +77,7 @@ from ocad_detectors.multivariate import MultivariateDetector, if_score_to_unit_a
 from ocad_detectors.residual import ResidualDetector
 from ocad_detectors.rules import RuleDetector
 from ocad_detectors.samples import (
+    MAX_TIMESTAMP_MS,
     SAMPLE_FIELDS,
     check_endpoint,
     check_success,
@@ -572,11 +573,12 @@ class _BatchRun:
         tcol = raw["timestamp_ms"]
         ts = np.zeros(n, dtype=np.int64)
         if tcol.dtype.kind in "iu":
-            ts = tcol.astype(np.int64)
-            suspect |= ts < 0
+            big = tcol > MAX_TIMESTAMP_MS  # also keeps uint64 beyond int64 from wrapping
+            ts = np.where(big, 0, tcol).astype(np.int64)
+            suspect |= (ts < 0) | big
         elif tcol.dtype.kind == "f":
             with np.errstate(invalid="ignore"):
-                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (np.abs(tcol) < 2.0**63)
+                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (tcol <= MAX_TIMESTAMP_MS)
             ts = np.where(ok, tcol, 0).astype(np.int64)
             suspect |= ~ok
         else:

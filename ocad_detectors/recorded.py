@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordedDataError", "ReadOptions", "Problem", "read_samples", "list_files", "to_epoch_ms", "UNIT_FACTORS"]
 
+#: 9999-12-31T23:59:59.999Z (the bound of :mod:`ocad_detectors.samples`)
+MAX_TIMESTAMP_MS = 253_402_300_799_999
 TIMESTAMP_CANDIDATES = ("timestamp", "timestamp_ms", "time", "ts", "datetime")
 LONG_COLUMNS = ("metric_name", "value")
 
@@ -133,6 +135,12 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
     """
     import pandas as pd
 
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        # a datetime column (Parquet timestamp): its integers are ns (or another unit), not ms
+        dt = values.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+        ns = dt.astype("datetime64[ns]").to_numpy().view(np.int64).astype(float)
+        out = np.where(dt.isna().to_numpy(), np.nan, ns / 1e6)
+        return out, np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)
     num = pd.to_numeric(values, errors="coerce")
     out = np.full(len(values), np.nan)
     is_num = num.notna().to_numpy()
@@ -151,7 +159,7 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
         ms = np.full(int(text.sum()), np.nan)
         ms[ok] = parsed[ok].astype("int64").to_numpy() / 1e6
         out[text] = ms
-    good = np.isfinite(out) & (out >= 0)
+    good = np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)  # 9.3e18 would wrap in int64
     return out, good
 
 
