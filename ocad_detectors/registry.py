@@ -882,6 +882,8 @@ class ModelRegistry:
     def list_models(self) -> list[str]:
         """Names of all models that have an index, sorted."""
         if not self.root.is_dir():
+            if self.root.exists():
+                raise RegistryError(f"registry root {self.root} is not a directory")
             return []
         return sorted(
             p.name for p in self.root.iterdir()

@@ -67,20 +67,29 @@ def _cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
         print(f"no models in {reg.root}")
         return 0
     rows = []
+    refused = []
     for name in models:
-        versions = reg.list_versions(name)
+        try:
+            versions = reg.list_versions(name)
+            production = reg.production_version(name)
+        except RegistryError as exc:  # one broken model does not hide the others
+            refused.append(str(exc))
+            rows.append([name, "REFUSED", None, None, None])
+            continue
         latest = versions[-1] if versions else None
         rows.append(
             [
                 name,
-                reg.production_version(name),
+                production,
                 len(versions),
                 latest.version if latest else None,
                 latest.created_at if latest else None,
             ]
         )
     print(_table(["MODEL", "PRODUCTION", "VERSIONS", "LATEST", "LATEST CREATED_AT"], rows))
-    return 0
+    for msg in refused:
+        print(f"error: {msg}", file=sys.stderr)
+    return 2 if refused else 0
 
 
 def _cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:

@@ -434,3 +434,22 @@ def test_kill_9_during_promotion_leaves_loadable_registry(built, tmp_path: Path)
     assert (mdir / INDEX_FILE).stat().st_size < 4096  # history no longer in the index
     det = DetectionPipeline(model_dir=root)
     assert det.model_versions["tcn_lbm"] == target
+
+
+# ----------------------------------------------------------------------------- ocad-models
+
+
+def test_cli_root_is_a_file_and_broken_list(built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    for argv in (["list"], ["show", "tcn_lbm"], ["promote", "tcn_lbm", V]):
+        assert models_main(["--root", str(f), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+    root = copy_registry(built, tmp_path / "models")
+    (root / "tcn_lbm" / INDEX_FILE).write_text(_deep(100_000))
+    assert models_main(["--root", str(root), "list"]) == 2
+    cap = capsys.readouterr()
+    assert "tcn_ecpri" in cap.out and "REFUSED" in cap.out and "nested" in cap.err
+    assert models_main(["--root", str(root), "promote", "tcn_lbm", "1.0.0\n"]) == 2
+    assert "invalid version" in capsys.readouterr().err
