@@ -451,5 +451,5 @@ def test_cli_root_is_a_file_and_broken_list(built, tmp_path: Path, capsys: pytes
     assert models_main(["--root", str(root), "list"]) == 2
     cap = capsys.readouterr()
     assert "tcn_ecpri" in cap.out and "REFUSED" in cap.out and "nested" in cap.err
-    assert models_main(["--root", str(root), "promote", "tcn_lbm", "1.0.0\n"]) == 2
+    assert models_main(["--root", str(root), "promote", "tcn_ecpri", "1.0.0\n"]) == 2
     assert "invalid version" in capsys.readouterr().err
