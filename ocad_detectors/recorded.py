@@ -35,6 +35,7 @@ __all__ = ["RecordedDataError", "ReadOptions", "Problem", "read_samples", "list_
 
 #: 9999-12-31T23:59:59.999Z (the bound of :mod:`ocad_detectors.samples`)
 MAX_TIMESTAMP_MS = 253_402_300_799_999
+MAX_COLUMNS = 1_000
 TIMESTAMP_CANDIDATES = ("timestamp", "timestamp_ms", "time", "ts", "datetime")
 LONG_COLUMNS = ("metric_name", "value")
 
@@ -117,6 +118,14 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     import pandas as pd
 
     suffix = path.suffix.lower()
+    if suffix == ".csv":  # refuse an absurd header before pandas spends minutes on it
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                first = fh.readline(1 << 22)
+        except OSError as e:
+            raise RecordedDataError([Problem(str(path), None, None, f"cannot be read: {e}")]) from None
+        if len(first) >= 1 << 22 or first.count(",") >= MAX_COLUMNS:
+            raise RecordedDataError([Problem(str(path), None, None, f"more than {MAX_COLUMNS} columns in the header; not a samples file")])
     try:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]), 2

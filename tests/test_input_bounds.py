@@ -311,3 +311,11 @@ def test_cli_escapes_terminal_sequences_in_endpoint_ids(tmp_path: Path) -> None:
     rc, _, err = _run([_csv(tmp_path, "\n".join(lines) + "\n"), "--model-dir", tmp_path / "none"])
     assert rc == 0 and "\x1b" not in err and "\x07" not in err
     assert "ep\\x1b[2J" in err  # shown escaped in the alerts-per-endpoint table
+
+
+def test_recorded_reader_refuses_100k_columns_fast(tmp_path: Path) -> None:
+    path = _csv(tmp_path, ",".join(f"c{i}" for i in range(100_000)) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(recorded.RecordedDataError, match="more than 1000 columns"):
+        recorded.read_samples(path)
+    assert time.perf_counter() - t0 < 5
