@@ -217,7 +217,8 @@ class DetectionPipeline:
     instead of the registry (tests, embedding); then :meth:`reload` has nothing to read.
     ``versions``: model name -> registry version to serve instead of production (e.g.
     ``{"tcn_ecpri": "1.1.0"}``) for evaluation and shadow scoring; pinned models ignore
-    promotions.
+    promotions. ``clock``: wall clock in seconds for the future-timestamp bound
+    (``limits.future_tolerance_ms``); tests and replays of synthetic future data pass their own.
     """
 
     def __init__(

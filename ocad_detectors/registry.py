@@ -860,6 +860,7 @@ class ModelRegistry:
         _check_name("report name", name)
         rdir = vdir / "reports"
         rdir.mkdir(exist_ok=True)
+        _check_dir(rdir, f"reports of {model_name} {version}")  # not a symlink out of the registry
         path = rdir / name
         tmp = rdir / f".{name}.tmp-{uuid.uuid4().hex}"
         try:

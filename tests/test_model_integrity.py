@@ -453,3 +453,23 @@ def test_cli_root_is_a_file_and_broken_list(built, tmp_path: Path, capsys: pytes
     assert "tcn_ecpri" in cap.out and "REFUSED" in cap.out and "nested" in cap.err
     assert models_main(["--root", str(root), "promote", "tcn_ecpri", "1.0.0\n"]) == 2
     assert "invalid version" in capsys.readouterr().err
+
+
+def test_training_resource_signs_with_its_key(tmp_path: Path) -> None:
+    from ocad_pipeline.resources import ModelRegistryResource
+
+    key, pub = tmp_path / "t.key", tmp_path / "t.pub"
+    generate_signing_key(key, pub)
+    reg = ModelRegistryResource(root=str(tmp_path / "m"), signing_key=str(key)).get_registry()
+    info = reg.write_version("demo", {"a.bin": b"1"}, {})  # a candidate (no auto-promotion)
+    assert ModelRegistry(tmp_path / "m", public_key=pub, require_signed=True).load_version("demo", info.version).trust == "signed"
+
+
+def test_report_dir_symlink_refused(built, tmp_path: Path) -> None:
+    root = copy_registry(built, tmp_path / "models")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(outside, root / "tcn_lbm" / V / "reports")
+    with pytest.raises(ModelIntegrityError, match="refusing symlink"):
+        ModelRegistry(root).write_report("tcn_lbm", V, "r.json", b"{}")
+    assert list(outside.iterdir()) == []
