@@ -371,16 +371,18 @@ class LimitsConfig:
 
     ``future_tolerance_ms``: a sample stamped later than the wall clock plus this is
     ``status="future"`` (a clock glitch must not make every later sample of its endpoint
-    out-of-order). ``max_endpoints``: endpoints with state at most; a new one beyond it first
+    out-of-order); ``null`` turns the bound off (a host whose clock cannot be trusted).
+    ``max_endpoints``: endpoints with state at most; a new one beyond it first
     evicts endpoints idle (sample time) for ``endpoint_idle_ms``, else is ``status="refused"``.
     """
 
-    future_tolerance_ms: int = 3_600_000
+    future_tolerance_ms: int | None = 3_600_000
     max_endpoints: int = 100_000
     endpoint_idle_ms: int = 86_400_000
 
     def __post_init__(self) -> None:
-        _int("limits", "future_tolerance_ms", self.future_tolerance_ms)
+        if self.future_tolerance_ms is not None:  # None: no wall-clock bound (host clock untrusted)
+            _int("limits", "future_tolerance_ms", self.future_tolerance_ms)
         _int("limits", "max_endpoints", self.max_endpoints, lo=1)
         _int("limits", "endpoint_idle_ms", self.endpoint_idle_ms)
 

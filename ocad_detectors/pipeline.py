@@ -463,7 +463,8 @@ class DetectionPipeline:
 
     def _future_limit(self) -> int:
         """Latest acceptable sample time (ms): wall clock plus ``limits.future_tolerance_ms``."""
-        return int(self._clock() * 1000.0) + self.config.limits.future_tolerance_ms
+        tol = self.config.limits.future_tolerance_ms
+        return MAX_TIMESTAMP_MS if tol is None else int(self._clock() * 1000.0) + tol
 
     def _evict_for_room(self) -> bool:
         """At the endpoint cap: drop endpoints idle for ``limits.endpoint_idle_ms`` (sample

@@ -319,3 +319,11 @@ def test_recorded_reader_refuses_100k_columns_fast(tmp_path: Path) -> None:
     with pytest.raises(recorded.RecordedDataError, match="more than 1000 columns"):
         recorded.read_samples(path)
     assert time.perf_counter() - t0 < 5
+
+
+def test_future_bound_can_be_turned_off() -> None:
+    cfg = DetectionConfig.from_dict({"limits": {"future_tolerance_ms": None}})
+    p = DetectionPipeline(cfg, models=ModelSet(), clock=lambda: 0.0)  # a host clock stuck in 1970
+    assert p.process(_s(T0)).status == "ok"
+    assert _pipe().process(_s(T0)).status == "ok"
+    assert DetectionPipeline(models=ModelSet(), clock=lambda: 0.0).process(_s(T0)).status == "future"

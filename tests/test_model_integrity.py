@@ -473,3 +473,33 @@ def test_report_dir_symlink_refused(built, tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="refusing symlink"):
         ModelRegistry(root).write_report("tcn_lbm", V, "r.json", b"{}")
     assert list(outside.iterdir()) == []
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from ocad_detectors.registry_cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_write_failure_is_one_line_and_registry_intact(built, tmp_path: Path) -> None:
+    """A write that fails (here: a file-size limit, like a full disk) is one error line, exit 2,
+    and the registry is what it was before."""
+    root = copy_registry(built, tmp_path / "models")
+    reg = ModelRegistry(root)
+    lv = reg.load_version("tcn_lbm")
+    meta = {k: v for k, v in lv.metadata.items() if k not in ("model_name", "version", "created_at", "files")}
+    reg.write_version("tcn_lbm", lv.files, meta)
+    before = (root / "tcn_lbm" / INDEX_FILE).read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, "--root", str(root), "promote", "tcn_lbm", "1.1.0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (root / "tcn_lbm" / INDEX_FILE).read_bytes() == before
+    assert [p.name for p in (root / "tcn_lbm").iterdir() if ".tmp-" in p.name] == []
+    assert reg.production_version("tcn_lbm") == V
