@@ -130,6 +130,7 @@ _values = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**500),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.binary(max_size=8),
     st.lists(st.integers(), max_size=3), st.sampled_from([T0, "o-ru-1", 1.5, np.int64(5), np.float32(2.5), pd.NA, pd.NaT]),
+    st.sampled_from([_BadRepr(), 10**5000, -(10**400), np.uint64(2**64 - 1), float("nan"), object(), {"nested": 1}, b"\xff"]),
 )
 _keys = st.one_of(
     st.sampled_from(["timestamp_ms", "endpoint_id", "udp_echo_rtt_ms", "ecpri_ow_us", "lbm_rtt_ms", "lbm_success", "input_error", "foo", "udp_echo_rtt"]),

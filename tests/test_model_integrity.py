@@ -208,6 +208,7 @@ SCENARIOS: list[tuple[str, str, Callable[[Path, str], None], str]] = [
     ("production-traversal-sibling", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), "../tcn_ecpri/1.0.0")), "is not a MAJOR.MINOR.PATCH version"),
     ("production-traversal-tmp", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), "../../../../tmp")), "is not a MAJOR.MINOR.PATCH version"),
     ("production-missing-version", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), "9.9.9")), "is not a listed version"),
+    ("production-dir-missing", "tcn_lbm", lambda r, n: __import__("shutil").rmtree(r / n / V), "not found: no"),
     ("production-int", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), 1)), "is not a MAJOR.MINOR.PATCH version"),
     ("production-list", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), ["1.0.0"])), "is not a MAJOR.MINOR.PATCH version"),
     ("production-newline", "tcn_lbm", lambda r, n: _add_version(r, n, _set(("production",), "1.0.0\n")), "is not a MAJOR.MINOR.PATCH version"),
