@@ -99,6 +99,8 @@ MAX_MODEL_FILE_BYTES = 512 << 20
 MAX_VERSIONS = 10_000
 MAX_FILES = 64
 MAX_JSON_DEPTH = 64
+#: rollback depth kept in the index (the full record is history.jsonl); bounds index.json
+MAX_STACK = 100
 _SIGN_CONTEXT = b"ocad-model-manifest-v1\n"
 #: candidate: registered, never served; production: served now; archived: served before
 STATUSES = ("candidate", "production", "archived")
@@ -776,8 +778,8 @@ class ModelRegistry:
                 stack.append(version)
         else:
             stack.append(version)
-        if len(stack) > MAX_VERSIONS:
-            del stack[: len(stack) - MAX_VERSIONS]
+        if len(stack) > MAX_STACK:
+            del stack[: len(stack) - MAX_STACK]
         return {"time": _utc_now(), "action": action, "from": old, "to": version, "reason": str(reason)[:1000]}
 
     @staticmethod
@@ -1036,4 +1038,4 @@ def _replay_stack(history: Any, production: Any) -> list[str]:
             stack.append(str(event.get("to")))
     if _is_version(production) and (not stack or stack[-1] != production):
         stack.append(production)
-    return stack[-MAX_VERSIONS:]
+    return stack[-MAX_STACK:]
