@@ -470,6 +470,44 @@ class ReloadConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Model signatures: ``public_key`` (PEM Ed25519) verifies signed manifests; with
+    ``require_signed`` an unsigned or wrongly signed version is refused."""
+
+    public_key: str | None = None
+    require_signed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.public_key is not None and not isinstance(self.public_key, (str, os.PathLike)):
+            raise ValueError(f"trust.public_key: expected a path, got {self.public_key!r}")
+        _bool("trust", "require_signed", self.require_signed)
+        if self.require_signed and self.public_key is None:
+            raise ValueError("trust.require_signed: needs trust.public_key")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Input bounds of a long-running detector.
+
+    ``future_tolerance_ms``: a sample stamped later than the wall clock plus this is
+    ``status="future"`` (a clock glitch must not make every later sample of its endpoint
+    out-of-order); ``null`` turns the bound off (a host whose clock cannot be trusted).
+    ``max_endpoints``: endpoints with state at most; a new one beyond it first
+    evicts endpoints idle (sample time) for ``endpoint_idle_ms``, else is ``status="refused"``.
+    """
+
+    future_tolerance_ms: int | None = 3_600_000
+    max_endpoints: int = 100_000
+    endpoint_idle_ms: int = 86_400_000
+
+    def __post_init__(self) -> None:
+        if self.future_tolerance_ms is not None:  # None: no wall-clock bound (host clock untrusted)
+            _int("limits", "future_tolerance_ms", self.future_tolerance_ms)
+        _int("limits", "max_endpoints", self.max_endpoints, lo=1)
+        _int("limits", "endpoint_idle_ms", self.endpoint_idle_ms)
+
+
+@dataclass(frozen=True)
 class DetectionConfig:
     """Everything the online detectors need besides the models themselves."""
 
@@ -482,6 +520,8 @@ class DetectionConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: endpoint_id -> capability key ("ecpri+lbm+udp_echo") for endpoints the models do not know
     endpoints: Mapping[str, str] = field(default_factory=dict)
 
@@ -504,7 +544,7 @@ class DetectionConfig:
         if "detection" in d:
             _check_keys("(top level)", d, ["detection"])
             d = d["detection"] or {}
-        sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "endpoints"]
+        sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "trust", "limits", "endpoints"]
         _check_keys("detection", d, sections)
         mp = d.get("model_path")
         if mp is not None and not isinstance(mp, (str, os.PathLike)):
@@ -518,6 +558,8 @@ class DetectionConfig:
             fusion=FusionConfig.from_dict(d.get("fusion")),
             alerts=AlertConfig.from_dict(d.get("alerts")),
             reload=_from(ReloadConfig, "reload", d.get("reload")),
+            trust=_from(TrustConfig, "trust", d.get("trust")),
+            limits=_from(LimitsConfig, "limits", d.get("limits")),
             endpoints=dict(d.get("endpoints") or {}),
         )
 

@@ -30,17 +30,29 @@ residual -> Isolation Forest -> fusion -> alert manager. Treatments (documented 
   the probe types it has returned a value for so far (a capability appears with its first
   value; missing values of a known capability then count as loss).
 * values of signals an endpoint does not support (per config or training data) are ignored.
+* **future** timestamp (later than the wall clock plus ``limits.future_tolerance_ms``, e.g. a
+  clock glitch): ``status="future"``, no state change, so it cannot make every later sample of
+  its endpoint out-of-order.
+* **refused** endpoint: a new endpoint when ``limits.max_endpoints`` endpoints hold state and
+  none has been idle (sample time) for ``limits.endpoint_idle_ms`` (those are evicted first):
+  ``status="refused"``, no state. Batch scoring starts from a fresh state and is not capped.
 * an unexpected internal error yields ``status="error"`` and is logged once per message;
-  the stream goes on. Every input sample yields exactly one result.
+  the stream goes on. Every input sample yields exactly one result, whatever it is (hostile
+  mappings and objects included).
 
 Hot reload: every ``reload.check_every_samples`` samples, ``process`` compares the
 ``index.json`` files of the models (one ``stat`` each); when one changed, or on an explicit
 :meth:`DetectionPipeline.reload`, the production versions are loaded and swapped in between two
-samples. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
+samples. A reload is all-or-nothing: every changed model is verified and built (bounded sizes)
+before anything is swapped; if one is refused the whole set in service stays, the reason is
+logged and kept in :attr:`DetectionPipeline.last_reload_error`, and
+:attr:`DetectionPipeline.reload_failures` counts it. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
 buffer trimmed or extended, a longer feature window waits until it is full again. Loading
 (reading + sha256) then happens on the sample that noticed the change; to keep it off the hot
 path set ``check_every_samples: 0`` and call ``reload()`` from another thread (thread-safe:
-the swap waits for the sample in progress). One pipeline serialises its calls with a lock.
+the swap waits for the sample in progress). One pipeline serialises ``process`` calls with a
+lock; ``score_frame`` does not take it (it works on its own state), it only holds model swaps
+off until it is done, so a long batch never stalls the stream.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,11 +77,14 @@ from ocad_detectors.multivariate import MultivariateDetector, if_score_to_unit_a
 from ocad_detectors.residual import ResidualDetector
 from ocad_detectors.rules import RuleDetector
 from ocad_detectors.samples import (
+    MAX_TIMESTAMP_MS,
     SAMPLE_FIELDS,
     check_endpoint,
     check_success,
     check_timestamp,
     check_value,
+    safe_repr,
+    unknown_fields_message,
     validate_fields,
     validate_sample,
 )
@@ -82,7 +98,7 @@ __all__ = ["STATUSES", "BatchResult", "DetectionPipeline", "DetectionResult"]
 logger = logging.getLogger("ocad_detectors")
 
 #: result statuses; only ``ok`` samples change detector state
-STATUSES: tuple[str, ...] = ("ok", "invalid", "duplicate", "out_of_order", "error")
+STATUSES: tuple[str, ...] = ("ok", "invalid", "duplicate", "out_of_order", "future", "refused", "error")
 _CAP_BITS = {"udp_echo": 1, "ecpri": 2, "lbm": 4}
 _CAPS_BY_BITS: tuple[frozenset[str], ...] = tuple(
     frozenset(c for c, b in _CAP_BITS.items() if m & b) for m in range(8)
@@ -228,7 +244,8 @@ class DetectionPipeline:
     instead of the registry (tests, embedding); then :meth:`reload` has nothing to read.
     ``versions``: model name -> registry version to serve instead of production (e.g.
     ``{"tcn_ecpri": "1.1.0"}``) for evaluation and shadow scoring; pinned models ignore
-    promotions.
+    promotions. ``clock``: wall clock in seconds for the future-timestamp bound
+    (``limits.future_tolerance_ms``); tests and replays of synthetic future data pass their own.
     """
 
     def __init__(
@@ -238,6 +255,7 @@ class DetectionPipeline:
         *,
         models: ModelSet | None = None,
         versions: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = cfg = config or DetectionConfig()
         self.rules = RuleDetector(cfg.rules)
@@ -248,6 +266,15 @@ class DetectionPipeline:
         self.alerts = AlertManager(cfg.alerts)
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.RLock()
+        self._swap_lock = threading.RLock()  # held by score_frame and by a model swap
+        self._clock = clock  # wall clock (s) for the future-timestamp bound
+        self._newest_ts = -1  # newest accepted sample time, for idle eviction
+        self._next_evict_scan = -1
+        #: failed reloads (a refused model keeps the whole set in service) and the last reason
+        self.reload_failures = 0
+        self.last_reload_error: str | None = None
+        #: models refused at construction (verification or validation failed), one line each
+        self.model_errors: list[str] = []
         self._errors = WarnOnce()
         self._n = 0
         self._every = cfg.reload.check_every_samples
@@ -255,9 +282,13 @@ class DetectionPipeline:
         if models is None:
             tcn_root = cfg.resolve_model_path(model_dir, "residual") if cfg.residual.active else None
             if_root = cfg.resolve_model_path(model_dir, "multivariate") if cfg.multivariate.active else None
-            self.loader: ModelLoader | None = ModelLoader(tcn_root, if_root, pinned=versions)
+            trust = cfg.trust
+            self.loader: ModelLoader | None = ModelLoader(
+                tcn_root, if_root, pinned=versions, public_key=trust.public_key, require_signed=trust.require_signed
+            )
             self._fingerprint = self.loader.fingerprint()
             models = self.loader.load()
+            self.model_errors = list(self.loader.errors)
         else:
             self.loader = None
             self._fingerprint = ()
@@ -276,7 +307,17 @@ class DetectionPipeline:
         return self.models.versions
 
     def _apply_models(self, models: ModelSet) -> None:
-        """Swap models into the detectors (caller holds the lock or is the constructor)."""
+        """Swap models into the detectors (caller holds the lock or is the constructor); if the
+        swap fails half-way the previous set is put back and the error re-raised."""
+        old = self.models if hasattr(self, "models") else None
+        try:
+            self._apply_models_unchecked(models)
+        except BaseException:
+            if old is not None and old is not models:
+                self._apply_models_unchecked(old)
+            raise
+
+    def _apply_models_unchecked(self, models: ModelSet) -> None:
         self.models = models
         self.residual.set_models(models.tcn if self.config.residual.active else {})
         self.multivariate.set_model(models.iforest if self.config.multivariate.active else None)
@@ -308,17 +349,46 @@ class DetectionPipeline:
         """
         if self.loader is None:
             return self.model_versions
+        with self._swap_lock:
+            return self._reload()
+
+    def _reload(self) -> dict[str, str | None]:
+        assert self.loader is not None
         fp = self.loader.fingerprint()
-        new = self.loader.load(self.models)  # file I/O and hashing outside the lock
-        with self._lock:
-            self._fingerprint = fp
-            if new.versions != self.models.versions:
-                self._apply_models(new)
+        known = set(self.model_errors)
+        try:
+            new = self.loader.load(self.models)  # file I/O and hashing outside the lock
+            # a model that fails exactly as before is not part of the new set; anything else blocks
+            errors = [e for e in self.loader.errors if e not in known]
+        except Exception as exc:  # pragma: no cover - the loader reports per model
+            new, errors = self.models, [f"{type(exc).__name__}: {exc}"]
+        if not errors:
+            try:
+                with self._lock:
+                    if new.versions != self.models.versions:
+                        self._apply_models(new)
+            except Exception as exc:
+                errors = [f"swapping models in failed: {type(exc).__name__}: {exc}"]
+        self._fingerprint = fp
+        if errors:
+            self.reload_failures += 1
+            self.last_reload_error = "; ".join(errors)
+            logger.warning(
+                "model reload refused, the models in service stay (%s): %s",
+                ", ".join(f"{k} {v}" for k, v in self.model_versions.items() if v), self.last_reload_error,
+            )
+        else:
+            self.model_errors = list(self.loader.errors)
         return self.model_versions
 
     def _maybe_reload(self) -> None:
         if self.loader is not None and self.loader.fingerprint() != self._fingerprint:
-            self.reload()
+            # a batch in progress holds swaps off: try again at the next check, do not wait
+            if self._swap_lock.acquire(blocking=False):
+                try:
+                    self._reload()
+                finally:
+                    self._swap_lock.release()
 
     # ------------------------------------------------------------------ streaming
 
@@ -350,12 +420,15 @@ class DetectionPipeline:
             try:
                 return self._process(sample)
             except Exception as exc:
-                msg = f"internal error: {type(exc).__name__}: {exc}"
-                self._errors(msg, "%s (sample %r)", msg, sample)
-                ts = getattr(sample, "timestamp_ms", None) if not isinstance(sample, Mapping) else sample.get("timestamp_ms")
-                ep = getattr(sample, "endpoint_id", None) if not isinstance(sample, Mapping) else sample.get("endpoint_id")
-                t, _ = check_timestamp(ts)
-                eid, _ = check_endpoint(ep)
+                msg = f"internal error: {type(exc).__name__}: {safe_repr(exc, str)}"
+                self._errors(msg, "%s (sample %s)", msg, safe_repr(sample))
+                try:
+                    ts = getattr(sample, "timestamp_ms", None) if not isinstance(sample, Mapping) else sample.get("timestamp_ms")
+                    ep = getattr(sample, "endpoint_id", None) if not isinstance(sample, Mapping) else sample.get("endpoint_id")
+                    t, _ = check_timestamp(ts)
+                    eid, _ = check_endpoint(ep)
+                except Exception:  # a hostile sample: nothing of it is readable
+                    t, eid = None, None
                 return DetectionResult(t, eid, "error", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
 
     def process_many(self, samples: Iterable[Any]) -> list[DetectionResult]:
@@ -366,8 +439,15 @@ class DetectionPipeline:
         if vals is None:
             return DetectionResult(ts, ep, "invalid", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, err)
         ts, ep, u, c, lb, s = vals
+        limit = self._future_limit()
+        if ts > limit:
+            return DetectionResult(ts, ep, "future", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, _future_msg(ts, limit))
         e = self._endpoints.get(ep)
         if e is None:
+            if len(self._endpoints) >= self.config.limits.max_endpoints and not self._evict_for_room():
+                msg = (f"endpoint limit reached: {len(self._endpoints)} endpoints hold state (limits.max_endpoints) "
+                       f"and none has been idle for limits.endpoint_idle_ms; {ep!r} not tracked")
+                return DetectionResult(ts, ep, "refused", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
             e = self._endpoint(ep)
         last = e.last_ts
         if last is not None and ts <= last:
@@ -375,6 +455,8 @@ class DetectionPipeline:
             msg = f"timestamp {ts} {'equals' if ts == last else 'is older than'} the newest accepted {last} of {ep}; not used"
             return DetectionResult(ts, ep, status, dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
         e.last_ts = ts
+        if ts > self._newest_ts:
+            self._newest_ts = ts
         caps = e.caps
         if not e.fixed:
             bits = _caps_bits(caps)
@@ -408,6 +490,26 @@ class DetectionPipeline:
             )
             alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
         return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution, changes)
+
+    def _future_limit(self) -> int:
+        """Latest acceptable sample time (ms): wall clock plus ``limits.future_tolerance_ms``."""
+        tol = self.config.limits.future_tolerance_ms
+        return MAX_TIMESTAMP_MS if tol is None else int(self._clock() * 1000.0) + tol
+
+    def _evict_for_room(self) -> bool:
+        """At the endpoint cap: drop endpoints idle for ``limits.endpoint_idle_ms`` (sample
+        time); whether there is room now. Scans at most once per tenth of the idle time."""
+        idle_ms = self.config.limits.endpoint_idle_ms
+        if self._newest_ts < self._next_evict_scan:
+            return False
+        self._next_evict_scan = self._newest_ts + max(idle_ms // 10, 1)
+        cutoff = self._newest_ts - idle_ms
+        gone = [k for k, e in self._endpoints.items() if e.last_ts is None or e.last_ts < cutoff]
+        for k in gone:
+            del self._endpoints[k]
+        if gone:
+            logger.info("endpoint limit: evicted %d endpoints idle for more than %d ms", len(gone), idle_ms)
+        return len(self._endpoints) < self.config.limits.max_endpoints
 
     def reset(self) -> None:
         """Forget every endpoint's state (buffers, sums, episodes); models stay."""
@@ -459,7 +561,7 @@ class DetectionPipeline:
         ``ValueError`` when ``timestamp_ms`` or ``endpoint_id`` is missing or no signal column
         exists. ``progress(n)`` is called with the number of samples finished so far.
         """
-        with self._lock:
+        with self._swap_lock:  # models stay put for the whole run; process() is not blocked
             return _BatchRun(self, frame, progress).run()
 
 
@@ -494,16 +596,21 @@ class _BatchRun:
             raise ValueError(f"frame has no signal column ({', '.join((*VALUE_SIGNALS, 'lbm_success'))}); columns are {sorted(cols)}")
         raw = {name: _column(f, name, n) for name in SAMPLE_FIELDS}
         suspect = np.zeros(n, dtype=bool)
+        # unknown columns make every row invalid, exactly as unknown keys of a streamed mapping
+        unknown_msg = unknown_fields_message([c for c in f.columns if c not in SAMPLE_FIELDS])
+        if unknown_msg:
+            suspect[:] = True
 
         # timestamps
         tcol = raw["timestamp_ms"]
         ts = np.zeros(n, dtype=np.int64)
         if tcol.dtype.kind in "iu":
-            ts = tcol.astype(np.int64)
-            suspect |= ts < 0
+            big = tcol > MAX_TIMESTAMP_MS  # also keeps uint64 beyond int64 from wrapping
+            ts = np.where(big, 0, tcol).astype(np.int64)
+            suspect |= (ts < 0) | big
         elif tcol.dtype.kind == "f":
             with np.errstate(invalid="ignore"):
-                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (np.abs(tcol) < 2.0**63)
+                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (tcol <= MAX_TIMESTAMP_MS)
             ts = np.where(ok, tcol, 0).astype(np.int64)
             suspect |= ~ok
         else:
@@ -547,7 +654,7 @@ class _BatchRun:
         self.ep_out: list[str | None] = eps.tolist()
         u, c, lb = vals
         for i in np.flatnonzero(suspect).tolist():
-            errors: list[str] = []
+            errors: list[str] = [unknown_msg] if unknown_msg else []
             t, eid, tup = validate_fields(
                 raw["timestamp_ms"][i], raw["endpoint_id"][i], raw["udp_echo_rtt_ms"][i], raw["ecpri_ow_us"][i],
                 raw["lbm_rtt_ms"][i], raw["lbm_success"][i], raw["input_error"][i], errors,
@@ -559,6 +666,10 @@ class _BatchRun:
                 self.error[i] = "; ".join(errors)
             else:
                 ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
+        limit = self.p._future_limit()
+        for i in np.flatnonzero((self.status == "ok") & (ts > limit)).tolist():
+            self.status[i] = "future"
+            self.error[i] = _future_msg(int(ts[i]), limit)
         self.valid = self.status == "ok"
         self.ts = ts
         self.eps = eps
@@ -791,6 +902,11 @@ class _BatchRun:
             alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
             self.alert_index[rows[j]] = len(self.alerts)
             self.alerts.append(alert)
+
+
+def _future_msg(ts: int, limit: int) -> str:
+    return (f"timestamp {ts} is more than limits.future_tolerance_ms ahead of the wall clock "
+            f"(latest accepted now: {limit}); clock glitch? not used")
 
 
 def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:

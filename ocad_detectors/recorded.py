@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordedDataError", "ReadOptions", "Problem", "read_samples", "list_files", "to_epoch_ms", "UNIT_FACTORS"]
 
+#: 9999-12-31T23:59:59.999Z (the bound of :mod:`ocad_detectors.samples`)
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+MAX_COLUMNS = 1_000
 TIMESTAMP_CANDIDATES = ("timestamp", "timestamp_ms", "time", "ts", "datetime")
 LONG_COLUMNS = ("metric_name", "value")
 
@@ -124,6 +127,14 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     import pandas as pd
 
     suffix = path.suffix.lower()
+    if suffix == ".csv":  # refuse an absurd header before pandas spends minutes on it
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                first = fh.readline(1 << 22)
+        except OSError as e:
+            raise RecordedDataError([Problem(str(path), None, None, f"cannot be read: {e}")]) from None
+        if len(first) >= 1 << 22 or first.count(",") >= MAX_COLUMNS:
+            raise RecordedDataError([Problem(str(path), None, None, f"more than {MAX_COLUMNS} columns in the header; not a samples file")])
     try:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]), 2
@@ -142,6 +153,12 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
     """
     import pandas as pd
 
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        # a datetime column (Parquet timestamp): its integers are ns (or another unit), not ms
+        dt = values.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+        ns = dt.astype("datetime64[ns]").to_numpy().view(np.int64).astype(float)
+        out = np.where(dt.isna().to_numpy(), np.nan, ns / 1e6)
+        return out, np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)
     num = pd.to_numeric(values, errors="coerce")
     out = np.full(len(values), np.nan)
     is_num = num.notna().to_numpy()
@@ -160,7 +177,7 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
         ms = np.full(int(text.sum()), np.nan)
         ms[ok] = parsed[ok].astype("int64").to_numpy() / 1e6
         out[text] = ms
-    good = np.isfinite(out) & (out >= 0)
+    good = np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)  # 9.3e18 would wrap in int64
     return out, good
 
 
