@@ -79,6 +79,8 @@ class Alert:
         d["evidence"] = list(self.evidence)
         d["scores"] = dict(self.scores)
         d["explanation"] = [asdict(e) for e in self.explanation]
+        d["event"] = "alert"
+        d["time"] = iso_ms(self.timestamp_ms)
         return _json_safe(d)
 
 

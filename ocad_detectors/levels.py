@@ -158,7 +158,16 @@ class ChangeRecord:
     unit: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready, with ``event: change`` and the change time as ISO 8601 UTC text."""
+        from datetime import datetime, timezone
+
+        d = asdict(self)
+        d["event"] = "change"
+        try:
+            d["change_time"] = datetime.fromtimestamp(self.change_ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, OSError, ValueError):
+            d["change_time"] = None
+        return d
 
 
 class LevelShiftState:
