@@ -72,6 +72,9 @@ class Alert:
     episode_start_ms: int
     escalation: bool = False
     message: str = ""
+    #: first sample of the run of evidence behind the alert (== timestamp_ms: a single-sample
+    #: spike at a critical level; earlier: the evidence has been sustained since then)
+    evidence_since_ms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN/inf become None)."""
@@ -276,17 +279,25 @@ class AlertManager:
             self.resolutions.append(res)
         if not emit:
             return None
-        return make_alert(endpoint_id, int(timestamp_ms), sev, float(composite), ev, dict(scores or {}), tuple(explanation), st.episode_start, esc)
+        return make_alert(endpoint_id, int(timestamp_ms), sev, float(composite), ev, dict(scores or {}), tuple(explanation),
+                          st.episode_start, esc, st.run_start)
 
 
 def make_alert(
     endpoint_id: str, ts: int, severity: str, composite: float, ev: int, scores: Mapping[str, float],
-    explanation: tuple[Explanation, ...], episode_start: int, escalation: bool,
+    explanation: tuple[Explanation, ...], episode_start: int, escalation: bool, since: int | None = None,
 ) -> Alert:
-    """Assemble an :class:`Alert` (one place for both the streaming and the batch path)."""
+    """Assemble an :class:`Alert` (one place for both the streaming and the batch path); the
+    message says in plain words whether this is a one-sample spike or sustained evidence."""
     head = f"{severity.upper()} {endpoint_id} at {iso_ms(ts)}" + (" (escalated)" if escalation else "")
+    if since is not None:
+        if since >= ts:
+            head += ": spike (a single sample at a critical level)"
+        else:
+            head += f": sustained for {(ts - since) / 1000.0:g} s since {iso_ms(since)}"
     body = "; ".join(e.text for e in explanation) if explanation else ", ".join(EVIDENCE_NAMES[ev])
-    return Alert(endpoint_id, ts, severity, composite, EVIDENCE_NAMES[ev], dict(scores), explanation, episode_start, escalation, f"{head}: {body}")
+    return Alert(endpoint_id, ts, severity, composite, EVIDENCE_NAMES[ev], dict(scores), explanation, episode_start, escalation,
+                 f"{head}: {body}", since)
 
 
 @dataclass

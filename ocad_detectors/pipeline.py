@@ -488,7 +488,8 @@ class DetectionPipeline:
                 [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
                 self.multivariate.explain(e.mv), list(e.rule.levels),
             )
-            alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
+            alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc,
+                               e.alert.run_start)
         return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution, changes)
 
     def _future_limit(self) -> int:
@@ -899,7 +900,7 @@ class _BatchRun:
             )
             e = int(ev_l[j])
             sc = {d_: float(scores[k][j]) for k, d_ in enumerate(DETECTORS)}
-            alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
+            alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc, st.run_start)
             self.alert_index[rows[j]] = len(self.alerts)
             self.alerts.append(alert)
 
