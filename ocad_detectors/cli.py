@@ -76,7 +76,7 @@ def top_reasons(result: Any, n: int = 5) -> list[tuple[str, int]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ocad-detect",
-        description="Score recorded CFM-lite samples with the OCAD detectors (rules, CUSUM, TCN residual, "
+        description="Score recorded CFM-lite samples with the OCAD detectors (rules, level shifts, TCN residual, "
         "Isolation Forest) using the production models of the registry; write alerts and per-sample scores.",
         epilog="examples:\n" + _EXAMPLES + "\n\nModel directory precedence: --model-dir > $OCAD_MODEL_DIR > "
         "detection.model_path in --config > data/models. A missing or corrupt model is reported once and "
