@@ -37,6 +37,7 @@ from ocad_detectors._util import (
     evidence_mask,
 )
 from ocad_detectors.config import SEVERITIES, AlertConfig, DetectionConfig
+from ocad_detectors.isotime import iso_ms
 from ocad_detectors.signals import METRIC_SIGNAL, SIGNALS, VALUE_SIGNALS
 
 __all__ = ["Alert", "AlertManager", "Explanation", "Resolution", "build_explanation", "iso_ms"]
@@ -118,17 +119,6 @@ class Resolution:
         d["episode_start"] = iso_ms(self.episode_start_ms)
         d["end"] = iso_ms(self.end_ms)
         return d
-
-
-def iso_ms(ts_ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC text (``2026-01-01T00:00:05Z``)."""
-    from datetime import datetime, timezone
-
-    try:
-        t = datetime.fromtimestamp(ts_ms / 1000.0, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return str(ts_ms)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts_ms % 1000:03d}Z" if ts_ms % 1000 else "Z")
 
 
 _N_DT = 8  # inter-arrival times kept for the interval estimate

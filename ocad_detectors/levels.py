@@ -2,7 +2,8 @@
 
 One state per (endpoint, signal), ``update(state, ts_ms, value)`` per sample, river style; pure
 Python (no numpy on the hot path, a few µs per sample). This module imports nothing from the
-rest of the package, so ``config.py`` can import :class:`LevelShiftConfig` from here.
+rest of the package (but the leaf :mod:`ocad_detectors.isotime`), so ``config.py`` can import
+:class:`LevelShiftConfig` from here.
 
 Method (a robust two-sided CUSUM on the current segment, re-anchored after each change):
 
@@ -159,15 +160,9 @@ class ChangeRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with ``event: change`` and the change time as ISO 8601 UTC text."""
-        from datetime import datetime, timezone
+        from ocad_detectors.isotime import iso_ms
 
-        d = asdict(self)
-        d["event"] = "change"
-        try:
-            d["change_time"] = datetime.fromtimestamp(self.change_ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        except (OverflowError, OSError, ValueError):
-            d["change_time"] = None
-        return d
+        return {**asdict(self), "event": "change", "change_time": iso_ms(self.change_ms)}
 
 
 class LevelShiftState:
