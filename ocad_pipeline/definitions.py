@@ -12,10 +12,10 @@ from ocad_pipeline.resources import DEFAULT_DATA_DIR, DatasetSettings, ModelRegi
 ASSET_MODULES = [data, datasets, models, evaluation, tuning, comparison]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 
-#: OCAD_EXECUTOR: for the named jobs and for the implicit asset job behind
-#: `dagster asset materialize` / "Materialize" in the UI
+#: OCAD_EXECUTOR (default auto: in process below 4 cores): for the named jobs and for the implicit
+#: asset job behind `dagster asset materialize` / "Materialize" in the UI
 EXECUTOR = executor_from_env()
-ocad_pipeline_job, weekly_retraining_job = build_jobs(EXECUTOR)
+ocad_pipeline_job, weekly_retraining_job, migration_study_job = build_jobs(EXECUTOR)
 weekly_retraining_schedule = build_weekly_schedule(weekly_retraining_job)
 
 
@@ -31,7 +31,7 @@ def build_resources(data_dir: str = DEFAULT_DATA_DIR) -> dict[str, object]:
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[ocad_pipeline_job, weekly_retraining_job],
+    jobs=[ocad_pipeline_job, weekly_retraining_job, migration_study_job],
     schedules=[weekly_retraining_schedule],
     resources=build_resources(),
     executor=EXECUTOR,

@@ -42,6 +42,10 @@ class RecordedFilesSettings(dg.Config):
     units: dict[str, str] = {}  # unit of wide columns, e.g. {"ecpri_ow_us": "ms"} -> converted to µs
     labels_path: Optional[str] = None  # labels file: per sample or start/end windows
     endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
+    #: rolling window: > 0 keeps only the last N days of samples (ending at ``until``) of the files
+    #: found in ``path`` when the asset runs (new files dropped into a directory are picked up)
+    last_days: float = 0.0
+    until: Optional[str] = None  # ISO 8601 end of the window (exclusive); default: the newest sample
 
 
 class RawMetricsConfig(dg.Config):
@@ -101,7 +105,9 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         if not f.path:
             raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
         sim, report = load_recorded(
-            RecordedConfig(f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles)
+            RecordedConfig(
+                f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles, f.last_days, f.until
+            )
         )
         source = {
             "source": "files",
@@ -110,6 +116,8 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
             "rows_read": int(report["rows_read"]),
             "duplicates_removed": int(report["duplicates_removed"]),
         }
+        if report.get("window"):
+            context.log.info(f"rolling window: {report['window']}")
         context.log.info(f"read {report['rows_read']} rows from {len(report['files'])} file(s); labelled: {report['labelled']}")
         if not report["labelled"]:
             context.log.warning("recorded data has no labels: training treats it as normal; detection metrics are not available")
