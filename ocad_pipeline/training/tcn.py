@@ -318,6 +318,7 @@ def train_tcn(
     n = len(xt)
     per_epoch = min(n, params.windows_per_epoch or n)
     order = np.empty(0, dtype=np.int64)  # the rest of the current permutation of the training windows
+    steps = 0
 
     train_loss: list[float] = []
     val_loss: list[float] = []
@@ -347,6 +348,7 @@ def train_tcn(
                 loss = torch.mean((model(xt[idx]) - yt[idx]) ** 2)
                 loss.backward()
                 opt.step()
+                steps += 1
                 total += loss.detach().double() * len(idx)
             train_loss.append(float(total) / per_epoch)
             val_loss.append(_mse_scaled(model, xv, yv))
@@ -391,6 +393,7 @@ def train_tcn(
         n_train_windows=n,
         n_val_windows=len(xv),
         train_seconds=time.perf_counter() - t0,
+        extra={"windows_per_epoch": per_epoch, "optimizer_steps": steps},
     )
 
 
