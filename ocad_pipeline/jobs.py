@@ -54,6 +54,32 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+def limit_native_threads(cpus: int | None = None) -> int | None:
+    """On small machines (fewer than 4 available cores), one BLAS/OpenMP/torch thread per process.
+
+    Measured on the 2-core machine this project runs on (shared with other work): OpenBLAS with 2
+    threads made the thin package's batch TCN scoring in performance_reports 4.5x slower (11.5 s
+    vs 2.5 s) and torch with 2 threads made a TCN epoch 6-15x slower, because the threads
+    spin-wait for a core. ``OCAD_NATIVE_THREADS=N`` sets the count explicitly. Returns the
+    limit applied (None: left alone).
+    """
+    env = os.environ.get("OCAD_NATIVE_THREADS", "").strip()
+    if env:
+        n = max(1, int(env))
+    elif (cpus or available_cpus()) < AUTO_MULTIPROCESS_MIN_CPUS:
+        n = 1
+    else:
+        return None
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - a scikit-learn dependency
+
+    threadpool_limits(limits=n)
+    import sys  # noqa: PLC0415
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return n
+
+
 def _multiprocess(max_concurrent: int) -> dg.ExecutorDefinition:
     cfg: dict = {"start_method": {"forkserver": {"preload_modules": list(PRELOAD_MODULES)}}}
     if max_concurrent:
