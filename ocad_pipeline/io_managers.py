@@ -56,7 +56,7 @@ def read_table(path: Path) -> pd.DataFrame:
 # not leak into the cache). The content hash of a set of cached tables (``data_version``) is
 # memoized the same way, so the three TCN ops hash timeseries_splits once.
 
-_CACHE_MAX_BYTES = int(os.environ.get("OCAD_TABLE_CACHE_MB", "1024")) * 2**20
+_CACHE_MAX_BYTES = int(os.environ.get("OCAD_TABLE_CACHE_MB", "512")) * 2**20
 _FileKey = tuple[str, int, int, int]
 _cache: OrderedDict[_FileKey, tuple[pd.DataFrame, int]] = OrderedDict()
 _cache_bytes = 0
