@@ -29,11 +29,16 @@ def gate_summary(data_dir: Path) -> list[str]:
     WARNING for a bootstrap promotion that missed targets (with the missed targets)."""
     path = data_dir / "reports" / "performance_report.json"
     try:
-        gate = json.loads(path.read_text(encoding="utf-8"))["gate"]
+        report = json.loads(path.read_text(encoding="utf-8"))
+        gate = report["gate"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     reasons = list(gate.get("reasons") or [])
-    if gate.get("bootstrap"):
+    versions = report.get("model_info", {}).get("versions")
+    unchanged = bool(versions) and versions == (report.get("production") or {}).get("versions")
+    if unchanged and not gate.get("passed"):
+        head = "Quality gate: WARNING - no new candidate (same inputs: the production versions were reused); they miss targets:"
+    elif gate.get("bootstrap"):
         head = "Quality gate: WARNING - promoted as a bootstrap (no production version yet) although targets are missed:"
     elif gate.get("passed"):
         head = "Quality gate: PASSED"

@@ -116,6 +116,10 @@ def test_a_bootstrap_promotion_is_a_warning_with_the_missed_targets(tmp_path):
     boot = gate_check_result(_decision(True, True, ["recall 0.5 misses the target > 0.85"]), "table")
     assert not boot.passed and boot.severity == dg.AssetCheckSeverity.WARN  # shown as a warning, does not block
     assert boot.metadata["missed_targets"].value == ["recall 0.5 misses the target > 0.85"]
+    # same inputs: the candidates are production; missing targets is a warning about production
+    same = gate_check_result(_decision(False, False, ["mttd_seconds 57 misses the target < 20"]), "table", unchanged=True)
+    assert not same.passed and same.severity == dg.AssetCheckSeverity.WARN
+    assert same.metadata["outcome"].value.startswith("no new candidate")
     # and in the command's output
     (tmp_path / "reports").mkdir()
     report = tmp_path / "reports" / "performance_report.json"
@@ -125,3 +129,8 @@ def test_a_bootstrap_promotion_is_a_warning_with_the_missed_targets(tmp_path):
     report.write_text(json.dumps({"gate": _decision(True, False, [])}))
     assert gate_summary(tmp_path) == ["Quality gate: PASSED"]
     assert gate_summary(tmp_path / "nowhere") == []
+    v = {"tcn_lbm": "1.0.0"}
+    report.write_text(json.dumps({"gate": _decision(False, False, ["x"]), "model_info": {"versions": v}, "production": {"versions": v}}))
+    assert gate_summary(tmp_path)[0].startswith("Quality gate: WARNING - no new candidate")
+    report.write_text(json.dumps({"gate": _decision(False, False, ["x"]), "model_info": {"versions": v}, "production": {"versions": {}}}))
+    assert gate_summary(tmp_path)[0].startswith("Quality gate: FAILED")
