@@ -27,5 +27,5 @@ ui: setup ## the Dagster UI and daemon on http://127.0.0.1:3000
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 clean-data: ## remove materialized data, models and run storage
-	rm -rf data/raw data/processed data/models data/tuning
+	rm -rf data/raw data/processed data/models data/tuning data/reports
 	find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

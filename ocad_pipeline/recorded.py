@@ -37,6 +37,10 @@ class RecordedConfig:
     endpoint_roles: Mapping[str, str] = field(default_factory=dict)
     #: raw values meaning "no reply" (e.g. RIPE Atlas -3 timeout, -4 error): read as missing
     missing_values: tuple[float, ...] = ()
+    #: > 0: keep only the samples of the last ``last_days`` days before ``until`` (rolling retraining)
+    last_days: float = 0.0
+    #: end of that window (ISO 8601, exclusive; no zone = UTC); None = just after the newest sample
+    until: str | None = None
 
 
 def _row_schema() -> pa.DataFrameSchema:
@@ -205,6 +209,35 @@ def _attach_outages(incidents: pd.DataFrame, outages: list[tuple[str, int, int, 
             incidents.loc[incidents.index[i], "outage_start"] = int(min(max(o, st[i]), en[i] - 1))
 
 
+def rolling_window(samples: pd.DataFrame, last_days: float, until: str | None) -> tuple[pd.DataFrame, str]:
+    """The samples of ``[until - last_days, until)`` (all of them when ``last_days`` is 0) and a
+    description of the window. Weekly retraining keeps the newest days of a growing directory."""
+    if last_days < 0:
+        raise ValueError(f"files.last_days must be >= 0, got {last_days}")
+    if not last_days and until is None:
+        return samples, ""
+    ts = samples["timestamp_ms"].to_numpy(np.int64)
+    if until is not None:
+        stamp = pd.Timestamp(until)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        end = int(stamp.value // 1_000_000)
+    else:
+        end = int(ts.max()) + 1 if len(ts) else 0
+    start = end - int(round(last_days * 86_400_000)) if last_days else int(ts.min()) if len(ts) else 0
+    keep = (ts >= start) & (ts < end)
+    if len(ts) and not keep.any():
+        raise RecordedDataError([Problem(
+            "<all files>", None, "timestamp",
+            f"no sample in the window [{pd.Timestamp(start, unit='ms', tz='UTC')}, {pd.Timestamp(end, unit='ms', tz='UTC')}) "
+            f"(files span {pd.Timestamp(int(ts.min()), unit='ms', tz='UTC')} .. {pd.Timestamp(int(ts.max()), unit='ms', tz='UTC')})",
+        )])
+    desc = (
+        f"{int(keep.sum())} of {len(ts)} samples in [{pd.Timestamp(start, unit='ms', tz='UTC').isoformat()}, "
+        f"{pd.Timestamp(end, unit='ms', tz='UTC').isoformat()})"
+    )
+    return samples[keep].reset_index(drop=True), desc
+
+
 def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
     """Recorded files -> the same tables the simulator produces, plus a description of the source."""
     opts = ReadOptions(
@@ -212,6 +245,9 @@ def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
         missing_values=tuple(cfg.missing_values),
     )
     samples, report = read_samples(cfg.path, opts, keep_source=True)
+    samples, window = rolling_window(samples, cfg.last_days, cfg.until)
+    if window:
+        report = dict(report, window=window)
     validate_rows(samples)
     samples = samples.drop(columns=["src_row", "src_file"])
     for s in SIGNALS:

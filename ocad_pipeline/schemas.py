@@ -148,14 +148,31 @@ def _target_in_unit_range(df: pd.DataFrame) -> pd.Series:
 def timeseries_schema(sequence_length: int) -> pa.DataFrameSchema:
     """Rows of the TCN datasets in the seed's layout (section 4.2.1) plus ``window_anomalous``."""
 
-    def seq_ok(seq: pd.Series) -> pd.Series:
-        def one(v) -> bool:
+    def one(v) -> bool:
+        try:
             if v is None or len(v) != sequence_length:
                 return False
             a = np.asarray(v, dtype=float)
-            return bool(np.all(np.isnan(a) | ((a > 0) & (a <= 10_000_000.0))))
+        except (TypeError, ValueError):
+            return False
+        return bool(np.all(np.isnan(a) | ((a > 0) & (a <= 10_000_000.0))))
 
-        return seq.map(one).astype(bool)
+    def seq_ok(seq: pd.Series) -> pd.Series:
+        # vectorized: the sequences of the right length glued into one (n, L) matrix (a per-row
+        # check took 3 of the 8 s of timeseries_splits on the default data); odd rows row by row
+        vals = seq.to_numpy(dtype=object)
+        lengths = np.fromiter(
+            (len(v) if isinstance(v, (np.ndarray, list, tuple)) else -1 for v in vals), dtype=np.int64, count=len(vals)
+        )
+        out = np.zeros(len(vals), dtype=bool)
+        sel = np.flatnonzero(lengths == sequence_length)
+        if len(sel):
+            try:
+                a = np.concatenate([np.asarray(v).ravel() for v in vals[sel]]).astype(float).reshape(len(sel), sequence_length)
+                out[sel] = np.all(np.isnan(a) | ((a > 0) & (a <= 10_000_000.0)), axis=1)
+            except (TypeError, ValueError):
+                out[sel] = [one(v) for v in vals[sel]]
+        return pd.Series(out, index=seq.index)
 
     return pa.DataFrameSchema(
         {

@@ -97,20 +97,49 @@ def test_registered_models_load_without_torch_or_sklearn(trained):
         assert forest.n_features == len(gm["features"])
 
 
-def test_rematerializing_adds_a_candidate_version(trained):
+def test_same_inputs_reuse_the_version_and_new_inputs_add_a_candidate(trained):
     root, _ = trained
+    reg = ModelRegistry(root / "models")
+    before = {n: reg.get_metadata(n, "1.0.0") for n in (*TCN_NAMES, "isolation_forest")}
+    # same data hash, config and code: no new version, and the run's metadata says so
     result = _materialize(root, ["tcn_models", "isolation_forest_model"], MODELS_RUN)
     assert result.success
-    reg = ModelRegistry(root / "models")
+    for name in (*TCN_NAMES, "isolation_forest"):
+        assert [v.version for v in reg.list_versions(name)] == ["1.0.0"], name
+        assert len(before[name]["training_fingerprint"]) == 64
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
+    assert mats["isolation_forest_model"]["reused_existing_version"].value is True
+    for metric in ("udp_echo", "ecpri", "lbm"):
+        assert mats["tcn_models"][f"{metric}/reused_existing_version"].value is True
+        assert mats["tcn_models"][f"{metric}/version"].value == "1.0.0"
+    # another seed is another input: a new candidate version next to the old one
+    reseeded = {"ops": {"tcn_models": {"config": {**TINY_TCN, "seed": 1}}, "isolation_forest_model": {"config": {**TINY_IF, "seed": 1}}}}
+    result = _materialize(root, ["tcn_models", "isolation_forest_model"], reseeded)
+    assert result.success
     for name in (*TCN_NAMES, "isolation_forest"):
         versions = {v.version: v.status for v in reg.list_versions(name)}
         assert versions == {"1.0.0": "candidate", "1.1.0": "candidate"}  # promotion happens after the gate
-        assert reg.production_version(name) is None
-    # same data, same seed: byte-identical TCN weights, same data version
+        new = reg.get_metadata(name, "1.1.0")
+        assert new["training_fingerprint"] != before[name]["training_fingerprint"]
+        assert new["data_version"] == before[name]["data_version"]
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
+    assert mats["tcn_models"]["udp_echo/reused_existing_version"].value is False
+
+
+def test_same_config_gives_byte_identical_models(trained):
+    root, _ = trained
+    # reuse switched off: the model is trained again on the same data and comes out identical
+    forced = {"ops": {"tcn_models": {"config": {**TINY_TCN, "reuse_same_inputs": False}}}}
+    result = _materialize(root, ["tcn_models"], forced)
+    assert result.success
+    reg = ModelRegistry(root / "models")
     for name in TCN_NAMES:
-        a, b = reg.load_version(name, "1.0.0"), reg.load_version(name, "1.1.0")
+        newest = max((v.version for v in reg.list_versions(name)), key=lambda v: tuple(map(int, v.split("."))))
+        a, b = reg.load_version(name, "1.0.0"), reg.load_version(name, newest)
+        assert newest != "1.0.0"
         assert a.files["weights.safetensors"] == b.files["weights.safetensors"]
         assert a.metadata["data_version"] == b.metadata["data_version"]
+        assert a.metadata["training_fingerprint"] == b.metadata["training_fingerprint"]
         assert a.metadata["dagster_run_id"] != b.metadata["dagster_run_id"]
 
 

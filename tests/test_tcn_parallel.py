@@ -48,7 +48,7 @@ def test_train_ops_are_independent_and_fan_into_the_report():
 
 
 def test_multiprocess_plan_runs_the_three_train_steps_in_one_level():
-    main, _ = build_jobs(executor=dg.multiprocess_executor)  # the default (OCAD_EXECUTOR unset)
+    main, _, _ = build_jobs(executor=dg.multiprocess_executor)
     only = dg.define_asset_job("tcn_only", selection="tcn_models", executor_def=dg.multiprocess_executor)
     d = dg.Definitions(assets=ALL_ASSETS, jobs=[main, only], resources=build_resources("unused"))
     assert d.resolve_job_def("ocad_pipeline_job").executor_def is dg.multiprocess_executor

@@ -49,6 +49,10 @@ class RecordedFilesSettings(dg.Config):
     labels_path: Optional[str] = None  # labels file: per sample or start/end windows
     endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
     missing_values: list[float] = []  # raw codes for "no reply", e.g. [-3, -4] (RIPE Atlas): read as missing
+    #: rolling window: > 0 keeps only the last N days of samples (ending at ``until``) of the files
+    #: found in ``path`` when the asset runs (new files dropped into a directory are picked up)
+    last_days: float = 0.0
+    until: Optional[str] = None  # ISO 8601 end of the window (exclusive); default: the newest sample
 
 
 class RawMetricsConfig(dg.Config):
@@ -110,7 +114,9 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
             raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
         sim, report = load_recorded(
             RecordedConfig(
-                f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles, tuple(f.missing_values)
+                path=f.path, format=f.format, timestamp_unit=f.timestamp_unit, signal_map=f.signal_map, units=f.units,
+                labels_path=f.labels_path, endpoint_roles=f.endpoint_roles, missing_values=tuple(f.missing_values),
+                last_days=f.last_days, until=f.until,
             )
         )
         source = {
@@ -120,6 +126,8 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
             "rows_read": int(report["rows_read"]),
             "duplicates_removed": int(report["duplicates_removed"]),
         }
+        if report.get("window"):
+            context.log.info(f"rolling window: {report['window']}")
         context.log.info(f"read {report['rows_read']} rows from {len(report['files'])} file(s); labelled: {report['labelled']}")
         if not report["labelled"]:
             context.log.warning("recorded data has no labels: training treats it as normal; detection metrics are not available")

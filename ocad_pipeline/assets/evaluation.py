@@ -257,11 +257,45 @@ def performance_reports(
                 rows.append(f"| {m} | {p} | {_fmt(v.get('r2'))} | {_fmt(v.get('mse'))} | {_fmt(v.get('mae'))} | {_fmt(v.get('rmse'))} |")
         md["forecast"] = dg.MetadataValue.md("\n".join(rows))
     yield dg.Output({"summary": summary}, metadata=md)
-    yield dg.AssetCheckResult(
+    unchanged = bool(prod) and prod == cand  # same inputs: the candidates are the production versions
+    yield gate_check_result(decision, _gate_table(decision, report), unchanged=unchanged)
+    if unchanged and not decision["passed"]:
+        context.log.warning(
+            "quality gate: no new candidate (the production versions were reused), and they miss targets: "
+            + "; ".join(decision["reasons"])
+        )
+    if decision["bootstrap"]:
+        context.log.warning(
+            "quality gate: bootstrap promotion although targets are missed (no production version yet): "
+            + "; ".join(decision["reasons"])
+        )
+
+
+def gate_check_result(decision: dict, table_md: str, unchanged: bool = False) -> dg.AssetCheckResult:
+    """The quality_gate check. A bootstrap promotion (no production yet, targets missed) is a
+    failed check of severity WARN, so the UI shows a warning with the missed targets and
+    model_promotion still runs (a blocking check only stops downstream on ERROR). So is a run
+    whose candidates *are* the production versions (same inputs, nothing new to promote) when
+    they miss targets: a warning about production, not a failed run. A new candidate that
+    misses targets or is worse than production fails with ERROR and blocks promotion."""
+    bootstrap = bool(decision.get("bootstrap"))
+    warn = bootstrap or (unchanged and not decision["passed"])
+    if bootstrap:
+        outcome = "bootstrap: promoted although targets are missed"
+    elif warn:
+        outcome = "no new candidate: production unchanged, and it misses targets"
+    else:
+        outcome = "passed" if decision["passed"] else "failed"
+    return dg.AssetCheckResult(
         check_name="quality_gate",
-        passed=bool(decision["passed"]),
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"gate": dg.MetadataValue.md(_gate_table(decision, report)), "reasons": dg.MetadataValue.json(decision["reasons"])},
+        passed=bool(decision["passed"]) and not warn,
+        severity=dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "gate": dg.MetadataValue.md(table_md),
+            "reasons": dg.MetadataValue.json(decision["reasons"]),
+            "outcome": outcome,
+            "missed_targets": dg.MetadataValue.json(decision["reasons"] if warn else []),
+        },
     )
 
 

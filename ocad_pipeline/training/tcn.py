@@ -92,6 +92,13 @@ class TCNParams:
     seed: int = 0
     #: cap on normal training windows per metric (a seeded random subset); None = all
     max_train_windows: int | None = None
+    #: windows per epoch: each epoch takes the next slice of a seeded permutation of all training
+    #: windows (a new permutation when one is used up), so an epoch costs the same however much data
+    #: there is and every window is still seen; None = every window every epoch
+    windows_per_epoch: int | None = None
+    #: cap on the validation windows that early stopping scores every epoch (a seeded subset;
+    #: the residual scale and the reports still use all of them); None = all
+    max_val_windows: int | None = None
     #: torch intra-op threads while training (fixed for reproducibility)
     num_threads: int = 1
     #: share of healthy samples allowed above the calibrated residual threshold
@@ -111,6 +118,10 @@ class TCNParams:
             raise ValueError("lr_decay_factor must be in (0, 1] and lr_decay_patience >= 1")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError("max_train_windows must be >= 1 (or None for all windows)")
+        if self.windows_per_epoch is not None and self.windows_per_epoch < 1:
+            raise ValueError("windows_per_epoch must be >= 1 (or None for all windows)")
+        if self.max_val_windows is not None and self.max_val_windows < 1:
+            raise ValueError("max_val_windows must be >= 1 (or None for all windows)")
         if self.num_threads < 1:
             raise ValueError("num_threads must be >= 1")
         if not 0.0 < self.target_rate < 0.5:
@@ -309,8 +320,15 @@ def train_tcn(
     scaler = Scaler.fit(np.concatenate([X_tr.ravel(), y_tr]))
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(scaler.transform(a), dtype=np.float32))  # noqa: E731
     xt, yt = as_tensor(X_tr), as_tensor(y_tr)
-    xv, yv = as_tensor(windows.X["val"]), as_tensor(windows.y["val"])
+    X_va, y_va = windows.X["val"], windows.y["val"]
+    if params.max_val_windows is not None and len(X_va) > params.max_val_windows:
+        keep = np.sort(np.random.default_rng(params.seed + 1).choice(len(X_va), size=params.max_val_windows, replace=False))
+        X_va, y_va = X_va[keep], y_va[keep]
+    xv, yv = as_tensor(X_va), as_tensor(y_va)
     n = len(xt)
+    per_epoch = min(n, params.windows_per_epoch or n)
+    order = np.empty(0, dtype=np.int64)  # the rest of the current permutation of the training windows
+    steps = 0
 
     train_loss: list[float] = []
     val_loss: list[float] = []
@@ -327,16 +345,22 @@ def train_tcn(
         stopped_early = False
         for epoch in range(1, params.max_epochs + 1):
             model.train()
-            perm = torch.from_numpy(rng.permutation(n))
-            total = 0.0
-            for i in range(0, n, params.batch_size):
+            if per_epoch == n:
+                perm = torch.from_numpy(rng.permutation(n))
+            else:  # the next per_epoch windows of a running permutation: all windows get their turn
+                while len(order) < per_epoch:
+                    order = np.concatenate([order, rng.permutation(n)])
+                perm, order = torch.from_numpy(order[:per_epoch]), order[per_epoch:]
+            total = torch.zeros((), dtype=torch.float64)
+            for i in range(0, per_epoch, params.batch_size):
                 idx = perm[i : i + params.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = torch.mean((model(xt[idx]) - yt[idx]) ** 2)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(idx)
-            train_loss.append(total / n)
+                steps += 1
+                total += loss.detach().double() * len(idx)
+            train_loss.append(float(total) / per_epoch)
             val_loss.append(_mse_scaled(model, xv, yv))
             improved = val_loss[-1] < best_val
             if improved:
@@ -364,7 +388,7 @@ def train_tcn(
     if log is not None:
         log(
             f"tcn_{windows.metric_type}: {'early stop' if stopped_early else 'done'} after {epochs_run} epochs, "
-            f"restored best epoch {best_epoch} (val_loss={best_val:.6f}), {n} training windows"
+            f"restored best epoch {best_epoch} (val_loss={best_val:.6f}), {n} training windows, {per_epoch} per epoch"
         )
     return TCNTrainResult(
         metric_type=windows.metric_type,
@@ -379,6 +403,7 @@ def train_tcn(
         n_train_windows=n,
         n_val_windows=len(xv),
         train_seconds=time.perf_counter() - t0,
+        extra={"windows_per_epoch": per_epoch, "optimizer_steps": steps},
     )
 
 
