@@ -122,7 +122,7 @@ def _gate_table(g: dict, cand: dict) -> str:
         out += "\n".join(f"| {r['metric']} | {_fmt(r['candidate'])} | {_fmt(r['production'])} | {'yes' if r['not_worse'] else '**no**'} |" for r in g["comparison"])
     verdict = "PASSED" if g["passed"] else "FAILED"
     if g["bootstrap"]:
-        verdict += " (bootstrap: no production version yet, promoted although targets are missed)"
+        verdict = "WARNING: targets missed; promoted only because no production version exists yet (bootstrap)"
     out += f"\n\n**{verdict}**" + ("".join(f"\n- {r}" for r in g["reasons"]) if g["reasons"] else "")
     return out
 
