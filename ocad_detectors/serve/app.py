@@ -76,6 +76,7 @@ def build_app(svc: DetectorService, token: str | None = None) -> Starlette:
         return hmac.compare_digest(got, want)
 
     def denied() -> Response:
+        svc.metrics.count("rejected_unauthorized")
         return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -84,6 +85,7 @@ def build_app(svc: DetectorService, token: str | None = None) -> Starlette:
             return denied()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in _JSON_TYPES:
+            svc.metrics.count("rejected_bad_request")
             return JSONResponse({"error": f"unsupported Content-Type {ctype!r}; send application/json or application/x-ndjson"},
                                 status_code=415)
         try:
