@@ -98,10 +98,10 @@ def service_process(config: Path, port: int, log: Path, env: dict[str, str] | No
 
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, scrape: dict[str, list[str]], interval: str = "1s") -> Iterator[str]:
-    """The real Prometheus on a free loopback port scraping ``job -> [host:port, ...]``."""
+def prometheus(tmp: Path, scrape: dict[str, list[str]], interval: str = "1s", port: int | None = None) -> Iterator[str]:
+    """The real Prometheus on a loopback port scraping ``job -> [host:port, ...]``."""
     assert PROMETHEUS, "prometheus binary missing (make test installs it: scripts/ensure-prometheus.sh)"
-    port = free_port()
+    port = port or free_port()
     cfg = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [{"job_name": job, "scrape_interval": interval, "static_configs": [{"targets": t}]} for job, t in scrape.items()],
