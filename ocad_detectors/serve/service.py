@@ -157,7 +157,6 @@ class DetectorService:
     def _work(self) -> None:
         q = self.queue
         bmax = self.cfg.batch_max
-        router = self.router
         m = self.metrics
         lat = m.latency
         while True:
@@ -171,6 +170,7 @@ class DetectorService:
             alerts = []
             resolved = []
             newest = self.newest_ts
+            router = self.router  # a SIGHUP may have replaced it
             try:
                 with self._pipe_lock:
                     pipe = self.pipeline
