@@ -143,7 +143,7 @@ def test_bearer_token_and_loopback_rule(tmp_path, capsys):
 
 def test_a_sample_of_another_shard_is_refused_naming_the_owner(tmp_path):
     det = DetectionConfig.from_dict({"model_path": str(tmp_path / "none")})
-    s = ThreadedService(ServeConfig(require_models=False, shard=ShardConfig(3, 1)), det)
+    s = ThreadedService(ServeConfig(require_models=False, shard=ShardConfig(3, 1, "http://ocad-serve-{index}.ocad-serve:8080")), det)
     try:
         ring = ShardRing(3, 1)
         mine = next(f"ep-{i}" for i in range(100) if ring.owner(f"ep-{i}") == 1)
@@ -152,6 +152,7 @@ def test_a_sample_of_another_shard_is_refused_naming_the_owner(tmp_path):
         assert r.status_code == 421
         e = r.json()["errors"][0]
         assert e["status"] == "wrong_shard" and e["shard"] == ring.owner(other) and f"shard {ring.owner(other)}" in e["error"]
+        assert e["owner_url"] == f"http://ocad-serve-{ring.owner(other)}.ocad-serve:8080"
         r = _post(s.url, orjson.dumps([_s(0, ep=other), _s(0, ep=mine)]))
         assert r.status_code == 200 and r.json()["accepted"] == 1
     finally:
@@ -177,5 +178,16 @@ def test_config_errors_name_the_key(tmp_path):
         load_service_config(p)
     p.write_text("detection: {}\nserve: {listen: '127.0.0.1:9', shard: {count: 3, index: 1}, alerts: {resend_interval_s: 2}}\n")
     det, srv = load_service_config(p)
-    assert srv.shard == ShardConfig(3, 1) and srv.alerts.resend_interval_s == 2 and srv.listen == "127.0.0.1:9"
+    assert srv.shard == ShardConfig(3, 1, None) and srv.alerts.resend_interval_s == 2 and srv.listen == "127.0.0.1:9"
     time.sleep(0)
+
+
+def test_the_example_file_shows_the_defaults_and_ocad_detect_reads_it_too():
+    from pathlib import Path
+
+    from ocad_detectors.config import load_config
+
+    p = Path(__file__).resolve().parents[1] / "config" / "serve.example.yaml"
+    det, srv = load_service_config(p)
+    assert srv == ServeConfig()
+    assert load_config(p) == det  # the same file works for ocad-detect --config

@@ -18,7 +18,8 @@ here. Unknown keys are errors, like everywhere else in OCAD. Every key with its 
       evict_idle_after_s: 0           # forget endpoints silent this long (sample time; 0: never)
       endpoint_roles: {}              # endpoint_id -> o-ru / o-du / transport (default: from the name)
       metrics: {max_endpoints: 1000}  # per-endpoint series exported at most
-      shard: {count: 1, index: 0}     # index: an int or "auto" (ordinal at the end of $HOSTNAME)
+      shard: {count: 1, index: 0}     # index: an int or "auto" (ordinal at the end of $HOSTNAME);
+                                      # peer_url: "http://ocad-serve-{index}.ocad-serve:8080" names the owner
       alerts:
         alertmanager_url: null        # e.g. http://127.0.0.1:9093 (POST /api/v2/alerts)
         webhook_url: null             # generic JSON webhook
@@ -139,6 +140,12 @@ class PullConfig:
 class ShardConfig:
     count: int = 1
     index: int = 0
+    #: where the other shards listen, ``{index}`` replaced, e.g. a StatefulSet's stable names
+    #: ``http://ocad-serve-{index}.ocad-serve:8080``; named in wrong-shard refusals
+    peer_url: str | None = None
+
+    def url_of(self, index: int) -> str | None:
+        return self.peer_url.replace("{index}", str(index)) if self.peer_url else None
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ class _ScalarServe:
 
 
 def _shard(d: Any) -> ShardConfig:
-    d = _keys("serve.shard", d, ["count", "index"])
+    d = _keys("serve.shard", d, ["count", "index", "peer_url"])
     count = d.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"serve.shard.count: expected an integer >= 1, got {count!r}")
@@ -216,7 +223,10 @@ def _shard(d: Any) -> ShardConfig:
         index = int(m.group(1))
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
         raise ValueError(f"serve.shard.index: expected an integer in [0, {count}), got {index!r}")
-    return ShardConfig(count, index)
+    peer = d.get("peer_url")
+    if peer is not None and (not isinstance(peer, str) or "{index}" not in peer):
+        raise ValueError(f"serve.shard.peer_url: expected a URL containing {{index}}, got {peer!r}")
+    return ShardConfig(count, index, peer)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

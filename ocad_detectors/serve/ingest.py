@@ -96,8 +96,11 @@ def parse_body(body: bytes, content_type: str = "", max_items: int = 50_000) -> 
     return items
 
 
-def validate_items(items: list[Any], owner: Callable[[str], int | None] | None = None) -> Parsed:
-    """Check every item; ``owner(endpoint_id)`` returns the owning shard when it is not this one."""
+def validate_items(
+    items: list[Any], owner: Callable[[str], int | None] | None = None, owner_url: Callable[[int], str | None] | None = None
+) -> Parsed:
+    """Check every item; ``owner(endpoint_id)`` returns the owning shard when it is not this one,
+    ``owner_url(shard)`` where it listens (if known)."""
     out = Parsed(total=len(items))
     for i, it in enumerate(items):
         if isinstance(it, _LineError):
@@ -116,8 +119,10 @@ def validate_items(items: list[Any], owner: Callable[[str], int | None] | None =
         if owner is not None:
             shard = owner(vals[1])
             if shard is not None:
+                url = owner_url(shard) if owner_url is not None else None
                 out.rejected.append({"index": i, "status": "wrong_shard", "shard": shard, "endpoint_id": vals[1],
-                                     "error": f"endpoint {vals[1]!r} belongs to shard {shard}"})
+                                     "error": f"endpoint {vals[1]!r} belongs to shard {shard}" + (f" ({url})" if url else ""),
+                                     **({"owner_url": url} if url else {})})
                 continue
         out.samples.append(it)
         out.indices.append(i)

@@ -126,7 +126,7 @@ class DetectorService:
 
     def ingest(self, items: list[Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Validate and enqueue: (HTTP status, answer, extra headers)."""
-        p: Parsed = validate_items(items, self._owner)
+        p: Parsed = validate_items(items, self._owner, self.cfg.shard.url_of)
         rej = Counter(r["status"] for r in p.rejected)
         for k, v in rej.items():
             self.metrics.count(f"rejected_{k}", v)
