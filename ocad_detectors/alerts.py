@@ -1,14 +1,19 @@
-"""Alerts: evidence gating, severity buckets, hold-down and dedup on sample timestamps.
+"""Alerts: evidence gating, persistence, severity, episodes that open and resolve, on sample time.
 
 Per endpoint, a sample is *alert-worthy* when it carries at least ``min_evidence`` distinct
-evidence types or any ``standalone_evidence`` type. Then:
+evidence types or any ``standalone_evidence`` type (see :class:`~ocad_detectors.config.AlertConfig`).
+Then, all in seconds of sample time and independent of the probe interval:
 
-* **hold-down**: the alert-worthy condition must have lasted ``hold_down_ms`` of sample time
-  (first worthy sample of the current unbroken run -> now) before it may alert;
-* **dedup**: the first alert opens an *episode*; later worthy samples of the endpoint within
-  ``dedup_ms`` of the episode's previous worthy sample are absorbed (counted, no alert) unless
-  the severity rises, which emits an escalation alert. After ``dedup_ms`` without a worthy
-  sample the episode is over and the next worthy sample alerts again.
+* **persistence**: worthy samples form a run (gaps up to ``gap_s`` allowed); the run must span
+  ``persist_s``, hold ``persist_min_samples`` worthy samples and a ``persist_fraction`` share
+  of its samples before it may alert. A benign one-sample jump never alerts; only a sample at a
+  *critical* level (rule score 1) alerts on its own;
+* **episodes**: the first alert opens an episode; further worthy samples are absorbed (counted)
+  unless the severity rises, which emits an escalation alert. After ``dedup_s`` without a worthy
+  sample the episode is **resolved**: a :class:`Resolution` with its start and end;
+* the probe interval is inferred per endpoint (median of the last inter-arrival times) and
+  stretches ``gap_s`` to at least 2.5 and ``dedup_s`` to at least 2 intervals, so a 240 s probe
+  is not "quiet" between two of its own samples.
 
 Only sample timestamps are used, never the wall clock, so a replay or a backfill produces
 exactly the alerts of the live run. Severity comes from the composite score:
@@ -34,7 +39,7 @@ from ocad_detectors._util import (
 from ocad_detectors.config import SEVERITIES, AlertConfig, DetectionConfig
 from ocad_detectors.signals import METRIC_SIGNAL, SIGNALS, VALUE_SIGNALS
 
-__all__ = ["Alert", "AlertManager", "Explanation", "build_explanation"]
+__all__ = ["Alert", "AlertManager", "Explanation", "Resolution", "build_explanation", "iso_ms"]
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -87,30 +92,85 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """An alert episode that ended: the signal is back (``recovered``) or its new level became
+    the baseline (``rebaselined``). ``end_ms`` is the last alert-worthy sample, ``resolved_ms``
+    the sample at which the quiet period was complete."""
+
+    endpoint_id: str
+    episode_start_ms: int
+    end_ms: int
+    resolved_ms: int
+    reason: str
+    severity: str
+    alerts: int
+    suppressed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["event"] = "resolved"
+        d["episode_start"] = iso_ms(self.episode_start_ms)
+        d["end"] = iso_ms(self.end_ms)
+        return d
+
+
+def iso_ms(ts_ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC text (``2026-01-01T00:00:05Z``)."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromtimestamp(ts_ms / 1000.0, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts_ms)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts_ms % 1000:03d}Z" if ts_ms % 1000 else "Z")
+
+
+_N_DT = 8  # inter-arrival times kept for the interval estimate
+
+
 class _AlertState:
-    __slots__ = ("episode_start", "last_ts", "open", "run_start", "severity", "suppressed")
+    __slots__ = (
+        "alerts", "dts", "episode_start", "interval", "last_seen", "last_worthy", "open", "rebaselined",
+        "run_count", "run_last", "run_start", "run_total", "severity", "suppressed",
+    )
 
     def __init__(self) -> None:
+        self.last_seen: int | None = None
+        self.dts: list[int] = []
+        self.interval = 0.0
         self.run_start: int | None = None
+        self.run_last = 0
+        self.run_count = 0
+        self.run_total = 0
         self.open = False
-        self.last_ts = 0
+        self.last_worthy = 0
         self.severity = SEVERITIES[0]
         self.episode_start = 0
+        self.alerts = 0
         self.suppressed = 0
+        self.rebaselined = False
 
 
 class AlertManager:
-    """Evidence -> alerts, per endpoint; see the module docstring for the rules."""
+    """Evidence -> alerts and resolutions, per endpoint; see the module docstring for the rules."""
 
     def __init__(self, config: AlertConfig | None = None) -> None:
-        self.config = config or AlertConfig()
-        self._min = self.config.min_evidence
-        self._standalone = evidence_mask(self.config.standalone_evidence)
-        self._major = self.config.severity["major"]
-        self._critical = self.config.severity["critical"]
-        self._hold = self.config.hold_down_ms
-        self._dedup = self.config.dedup_ms
+        self.config = cfg = config or AlertConfig()
+        self._min = cfg.min_evidence
+        self._standalone = evidence_mask(cfg.standalone_evidence)
+        self._immediate = evidence_mask(cfg.immediate_evidence)
+        self._major = cfg.severity["major"]
+        self._critical = cfg.severity["critical"]
+        self._persist = cfg.persist_s * 1000.0
+        self._frac = cfg.persist_fraction
+        self._min_n = cfg.persist_min_samples
+        self._gap = cfg.gap_s * 1000.0
+        self._hold = cfg.hold_down_s * 1000.0
+        self._dedup = cfg.dedup_s * 1000.0
         self._states: dict[str, _AlertState] = {}
+        #: episodes ended so far (standalone use through :meth:`observe`)
+        self.resolutions: list[Resolution] = []
 
     def new_state(self) -> _AlertState:
         return _AlertState()
@@ -126,33 +186,74 @@ class AlertManager:
             return "major"
         return "warning"
 
-    def decide(self, st: _AlertState, ts: int, run_start: int, severity: str) -> tuple[bool, bool]:
-        """Core state machine for one alert-worthy sample: (emit, escalation)."""
-        if ts - run_start < self._hold:
-            return False, False
-        if st.open and ts - st.last_ts <= self._dedup:
-            st.last_ts = ts
-            if _RANK[severity] > _RANK[st.severity]:
-                st.severity = severity
-                return True, True
-            st.suppressed += 1
-            return False, False
-        st.open = True
-        st.episode_start = ts
-        st.last_ts = ts
-        st.severity = severity
-        return True, False
+    @staticmethod
+    def note_rebaseline(st: _AlertState) -> None:
+        """The change detector adopted a new level during the open episode (its resolution
+        will say ``rebaselined``)."""
+        if st.open:
+            st.rebaselined = True
 
-    def step(self, st: _AlertState, ts: int, ev: int, composite: float) -> tuple[bool, bool, str]:
-        """Streaming step for one accepted sample: (emit, escalation, severity)."""
-        if not (ev & self._standalone or ev.bit_count() >= self._min):
-            st.run_start = None
-            return False, False, ""
-        if st.run_start is None:
+    def step(
+        self, st: _AlertState, endpoint_id: str, ts: int, ev: int, composite: float, critical: bool = False
+    ) -> tuple[bool, bool, str, Resolution | None]:
+        """One accepted sample of the endpoint, in timestamp order:
+        (emit an alert, is it an escalation, severity, resolution of the previous episode)."""
+        last = st.last_seen
+        if last is not None:
+            dts = st.dts
+            dts.append(ts - last)
+            if len(dts) > _N_DT:
+                del dts[0]
+            st.interval = float(sorted(dts)[len(dts) // 2])
+        st.last_seen = ts
+        iv = st.interval
+        worthy = bool(ev & self._standalone) or ev.bit_count() >= self._min
+        resolution = None
+        if st.open and not worthy and ts - st.last_worthy > max(self._dedup, 2.0 * iv):
+            resolution = Resolution(
+                endpoint_id, st.episode_start, st.last_worthy, ts, "rebaselined" if st.rebaselined else "recovered",
+                st.severity, st.alerts, st.suppressed,
+            )
+            st.open = False
+        gap = max(self._gap, 2.5 * iv)
+        if not worthy:
+            if st.run_start is not None:
+                if ts - st.run_last > gap:
+                    st.run_start = None
+                else:
+                    st.run_total += 1
+            return False, False, "", resolution
+        if st.run_start is None or ts - st.run_last > gap:
             st.run_start = ts
+            st.run_count = 0
+            st.run_total = 0
+        st.run_count += 1
+        st.run_total += 1
+        st.run_last = ts
         sev = self.severity(composite)
-        emit, esc = self.decide(st, ts, st.run_start, sev)
-        return emit, esc, sev
+        if st.open:
+            st.last_worthy = ts
+            if _RANK[sev] > _RANK[st.severity]:
+                st.severity = sev
+                st.alerts += 1
+                return True, True, sev, resolution
+            st.suppressed += 1
+            return False, False, sev, resolution
+        span = ts - st.run_start
+        if span < self._hold:
+            return False, False, sev, resolution
+        if not (critical or ev & self._immediate) and (
+            st.run_count < self._min_n or span < self._persist or st.run_count < self._frac * st.run_total
+        ):
+            return False, False, sev, resolution
+        st.open = True
+        st.rebaselined = False
+        st.episode_start = ts
+        st.last_worthy = ts
+        st.severity = sev
+        st.alerts = 1
+        st.suppressed = 0
+        return True, False, sev, resolution
 
     def observe(
         self,
@@ -162,11 +263,15 @@ class AlertManager:
         composite: float,
         scores: Mapping[str, float] | None = None,
         explanation: Sequence[Explanation] = (),
+        critical: bool = False,
     ) -> Alert | None:
-        """Standalone use: feed one scored sample of an endpoint (in timestamp order)."""
+        """Standalone use: feed one scored sample of an endpoint (in timestamp order).
+        Resolutions are appended to :attr:`resolutions`."""
         ev = evidence_mask(tuple(evidence))
         st = self._states.setdefault(endpoint_id, self.new_state())
-        emit, esc, sev = self.step(st, int(timestamp_ms), ev, float(composite))
+        emit, esc, sev, res = self.step(st, endpoint_id, int(timestamp_ms), ev, float(composite), critical)
+        if res is not None:
+            self.resolutions.append(res)
         if not emit:
             return None
         return make_alert(endpoint_id, int(timestamp_ms), sev, float(composite), ev, dict(scores or {}), tuple(explanation), st.episode_start, esc)
@@ -177,7 +282,7 @@ def make_alert(
     explanation: tuple[Explanation, ...], episode_start: int, escalation: bool,
 ) -> Alert:
     """Assemble an :class:`Alert` (one place for both the streaming and the batch path)."""
-    head = f"{severity.upper()} {endpoint_id} at {ts} ms" + (" (escalated)" if escalation else "")
+    head = f"{severity.upper()} {endpoint_id} at {iso_ms(ts)}" + (" (escalated)" if escalation else "")
     body = "; ".join(e.text for e in explanation) if explanation else ", ".join(EVIDENCE_NAMES[ev])
     return Alert(endpoint_id, ts, severity, composite, EVIDENCE_NAMES[ev], dict(scores), explanation, episode_start, escalation, f"{head}: {body}")
 
@@ -190,8 +295,10 @@ class SampleDetails:
     reference: Sequence[tuple[float, float] | None]
     loss_runs: Mapping[str, int]
     cusum: Sequence[tuple[float, float]]
-    residual: Sequence[tuple[float, float] | None]
+    residual: Sequence[tuple[float, float, float] | None]  # (forecast, r in σ, threshold in σ)
     multivariate: tuple[float, float, str, float] | None = None
+    #: (warning, critical) rule levels per delay signal (None: no rule)
+    rule_levels: Sequence[tuple[float, float] | None] = (None, None, None)
 
 
 def _fmt(x: float) -> str:
@@ -203,24 +310,26 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
     out: list[Explanation] = []
     if ev & EV_THRESHOLD:
         for i, sig in enumerate(VALUE_SIGNALS):
-            th = config.rules.thresholds.get(sig)
+            lv = d.rule_levels[i]
             v = d.values[i]
-            if th is None or not v > th.warning:
+            if lv is None or not v > lv[0]:
                 continue
             unit = SIGNALS[sig].unit
             ref = d.reference[i]
             sigma = (v - ref[0]) / ref[1] if ref is not None else None
             extra = f" ({sigma:+.1f} σ from the healthy {_fmt(ref[0])} {unit})" if ref is not None and sigma is not None else ""
-            out.append(Explanation("threshold", sig, unit, th.warning, v, sigma,
-                                   f"{sig} = {_fmt(v)} {unit} above the {th.warning:g} {unit} threshold{extra}"))
+            level = "critical" if v >= lv[1] else "warning"
+            out.append(Explanation("threshold", sig, unit, lv[0], v, sigma,
+                                   f"{sig} = {_fmt(v)} {unit} above the {_fmt(lv[0])} {unit} {level} threshold{extra}"))
     if ev & EV_LOSS:
-        lw = config.rules.loss_run_warning
+        lw = config.rules.loss_min_samples
         for cap in ("udp_echo", "ecpri", "lbm"):
             r = d.loss_runs.get(cap, 0)
             if r >= lw:
                 sig = "lbm_success" if cap == "lbm" else METRIC_SIGNAL[cap]
                 out.append(Explanation("loss", sig, "samples", 0.0, float(r), None,
-                                       f"{sig}: {r} consecutive probes without a reply (loss evidence from {lw})"))
+                                       f"{sig}: {r} consecutive probes without a reply "
+                                       f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
     if ev & EV_CHANGEPOINT:
         h = config.changepoint.h
         for i, sig in enumerate(VALUE_SIGNALS):
@@ -235,17 +344,16 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                                    f"{sig}: sustained shift above the healthy {_fmt(ref[0])} {unit}, "
                                    f"CUSUM {S:.1f} σ > h = {h:g} σ{now}"))
     if ev & EV_RESIDUAL:
-        thr = config.residual.threshold
         for i, sig in enumerate(VALUE_SIGNALS):
             res = d.residual[i]
-            if res is None or not res[1] > thr:
+            if res is None or not res[1] > res[2]:
                 continue
-            pred, r = res
+            pred, r, thr = res
             unit = SIGNALS[sig].unit
             v = d.values[i]
             out.append(Explanation("residual", sig, unit, pred, v, r,
                                    f"{sig}: forecast {_fmt(pred)} {unit}, observed {_fmt(v)} {unit} "
-                                   f"({r:.1f} σ of the training forecast error > {thr:g} σ)"))
+                                   f"({r:.1f} σ of the training forecast error > {thr:.1f} σ)"))
     if ev & EV_MULTIVARIATE and d.multivariate is not None:
         a, thr_if, feat, sig_v = d.multivariate
         sig = _feature_signal(feat)

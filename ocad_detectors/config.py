@@ -2,8 +2,7 @@
 
 Every threshold carries its unit in the key or the docstring: rule thresholds are in the
 signal's own unit (ms or µs), CUSUM ``k``/``h`` and the residual threshold are in σ of the
-training reference, loss run lengths are in samples, alert times are sample-timestamp
-milliseconds. Unknown keys are errors (a typo must not silently fall back to a default).
+training reference, loss runs and alert times are seconds of sample time. Unknown keys are errors (a typo must not silently fall back to a default).
 
 The seed's keys are honoured: ``detection.residual.use_pretrained_models`` and
 ``detection.residual.model_path`` (``false`` disables the TCN residual detector: this package
@@ -113,50 +112,105 @@ def _default_thresholds() -> dict[str, SignalThreshold]:
     }
 
 
+def _parse_thresholds(section: str, th: Any, base: Mapping[str, SignalThreshold]) -> dict[str, SignalThreshold]:
+    _check_keys(section, th, list(VALUE_SIGNALS))
+    merged = dict(base)
+    for sig, v in th.items():
+        if v is None:  # explicit null: no rule for this signal
+            merged.pop(sig, None)
+            continue
+        _check_keys(f"{section}.{sig}", v, ["warning", "critical"])
+        try:
+            merged[sig] = SignalThreshold(float(v["warning"]), float(v["critical"]))
+        except KeyError as e:
+            raise ValueError(f"{section}.{sig}: missing {e.args[0]!r} ({SIGNALS[sig].unit})") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{section}.{sig}: {e}") from None
+    return merged
+
+
 @dataclass(frozen=True)
 class RuleConfig:
-    """Fixed thresholds in signal units and loss run lengths in samples."""
+    """Threshold and loss rules.
+
+    ``mode: relative`` (default): a delay is a violation above ``warning_ratio`` x the
+    endpoint's baseline and critical above ``critical_ratio`` x it. The baseline is the
+    healthy training mean of the endpoint (from the models or ``changepoint.reference``); for an
+    endpoint without one it is the median of its first ``baseline_samples`` values. The same
+    defaults then serve a 1 ms fronthaul link and a 300 ms Internet path. ``mode: absolute``
+    uses ``thresholds`` (in each signal's own unit) for every endpoint; ``absolute_groups``
+    maps endpoint-id glob patterns (``o-ru-*``) to absolute SLA thresholds for those endpoints
+    only (first match wins; unlisted signals fall back to ``thresholds``).
+
+    Loss runs are measured in seconds since the last reply: evidence from ``loss_warning_s``
+    with at least ``loss_min_samples`` consecutive lost probes, critical (rule score 1) from
+    ``loss_critical_s`` with at least ``loss_critical_samples``; so one lost 240 s probe is
+    not an outage, and 5 s probes behave as before (3 lost = warning, 12 lost = critical).
+    """
 
     enabled: bool = True
+    mode: str = "relative"
+    warning_ratio: float = 2.0
+    critical_ratio: float = 5.0
+    baseline_samples: int = 12
     thresholds: Mapping[str, SignalThreshold] = field(default_factory=_default_thresholds)
-    #: consecutive lost replies of one probe type that make loss evidence (warning) ...
-    loss_run_warning: int = 3
-    #: ... and that make the rule score 1 (with 5 s probes: one minute)
-    loss_run_critical: int = 12
+    absolute_groups: Mapping[str, Mapping[str, SignalThreshold]] = field(default_factory=dict)
+    loss_warning_s: float = 15.0
+    loss_critical_s: float = 60.0
+    loss_min_samples: int = 2
+    loss_critical_samples: int = 3
 
     def __post_init__(self) -> None:
         _bool("rules", "enabled", self.enabled)
-        bad = [s for s in self.thresholds if s not in VALUE_SIGNALS]
-        if bad:
-            raise ValueError(f"rules.thresholds: unknown signal(s) {bad}; known: {list(VALUE_SIGNALS)}")
-        _int("rules", "loss_run_warning", self.loss_run_warning, lo=1)
-        _int("rules", "loss_run_critical", self.loss_run_critical, lo=1)
-        if self.loss_run_critical <= self.loss_run_warning:
-            raise ValueError("rules.loss_run_critical must be above rules.loss_run_warning")
+        if self.mode not in ("relative", "absolute"):
+            raise ValueError(f"rules.mode: expected relative or absolute, got {self.mode!r}")
+        w = _num("rules", "warning_ratio", self.warning_ratio, positive=True)
+        c = _num("rules", "critical_ratio", self.critical_ratio, positive=True)
+        if w <= 1.0 or c <= w:
+            raise ValueError(f"rules: need 1 < warning_ratio < critical_ratio, got {w} and {c}")
+        _int("rules", "baseline_samples", self.baseline_samples, lo=1)
+        for name, th in [("thresholds", self.thresholds), *((f"absolute_groups.{g}", t) for g, t in self.absolute_groups.items())]:
+            bad = [sig for sig in th if sig not in VALUE_SIGNALS]
+            if bad:
+                raise ValueError(f"rules.{name}: unknown signal(s) {bad}; known: {list(VALUE_SIGNALS)}")
+        lw = _num("rules", "loss_warning_s", self.loss_warning_s, lo=0.0)
+        lc = _num("rules", "loss_critical_s", self.loss_critical_s, positive=True)
+        if lc <= lw:
+            raise ValueError("rules.loss_critical_s must be above rules.loss_warning_s")
+        _int("rules", "loss_min_samples", self.loss_min_samples, lo=1)
+        _int("rules", "loss_critical_samples", self.loss_critical_samples, lo=1)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RuleConfig:
         if d is None:
             return cls()
-        _check_keys("rules", d, ["enabled", "thresholds", "loss_run_warning", "loss_run_critical"])
+        allowed = [f.name for f in fields(cls)]
+        _check_keys("rules", d, allowed + ["loss_run_warning", "loss_run_critical"])
         kw = dict(d)
+        for old in ("loss_run_warning", "loss_run_critical"):
+            if old in kw:
+                raise ValueError(
+                    f"rules.{old}: loss runs are now set in seconds (loss_warning_s / loss_critical_s), "
+                    "so that 5 s and 240 s probes behave alike"
+                )
         if "thresholds" in kw:
-            th = kw["thresholds"]
-            _check_keys("rules.thresholds", th, list(VALUE_SIGNALS))
-            merged = dict(_default_thresholds())
-            for sig, v in th.items():
-                if v is None:  # explicit null: no rule for this signal
-                    merged.pop(sig, None)
-                    continue
-                _check_keys(f"rules.thresholds.{sig}", v, ["warning", "critical"])
-                try:
-                    merged[sig] = SignalThreshold(float(v["warning"]), float(v["critical"]))
-                except KeyError as e:
-                    raise ValueError(f"rules.thresholds.{sig}: missing {e.args[0]!r} ({SIGNALS[sig].unit})") from None
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"rules.thresholds.{sig}: {e}") from None
-            kw["thresholds"] = merged
+            kw["thresholds"] = _parse_thresholds("rules.thresholds", kw["thresholds"], _default_thresholds())
+        if "absolute_groups" in kw:
+            groups = kw["absolute_groups"] or {}
+            if not isinstance(groups, Mapping):
+                raise ValueError("rules.absolute_groups: expected a mapping of endpoint pattern -> thresholds")
+            base = kw.get("thresholds", _default_thresholds())
+            kw["absolute_groups"] = {str(g): _parse_thresholds(f"rules.absolute_groups.{g}", t, base) for g, t in groups.items()}
         return cls(**kw)
+
+    def absolute_for(self, endpoint_id: str) -> Mapping[str, SignalThreshold] | None:
+        """The absolute thresholds that apply to this endpoint, or None (relative rules)."""
+        from fnmatch import fnmatchcase
+
+        for pattern, th in self.absolute_groups.items():
+            if fnmatchcase(endpoint_id, pattern):
+                return th
+        return self.thresholds if self.mode == "absolute" else None
 
 
 @dataclass(frozen=True)
@@ -210,13 +264,17 @@ class ChangePointConfig:
 
 @dataclass(frozen=True)
 class ResidualConfig:
-    """TCN forecast residuals |x - x̂| / residual scale (σ of the training residual)."""
+    """TCN forecast residuals (x - x̂) / residual scale (σ of the training residual), one-sided:
+    a delay below its forecast is no degradation (and recovery edges must not alert)."""
 
     enabled: bool = True
     use_pretrained_models: bool = True
     #: registry root for the TCNs only (seed key); default: ``DetectionConfig.model_path``
     model_path: str | None = None
-    threshold: float = 5.0
+    #: evidence when (x - forecast) / residual scale exceeds this (σ); None = the model's
+    #: budget-calibrated threshold (per endpoint where calibrated), else ``default_threshold``
+    threshold: float | None = None
+    default_threshold: float = 5.0
     #: ``per_endpoint`` (fall back to pooled for unknown endpoints) or ``pooled``
     scale: str = "per_endpoint"
 
@@ -225,7 +283,9 @@ class ResidualConfig:
         _bool("residual", "use_pretrained_models", self.use_pretrained_models)
         if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
             raise ValueError(f"residual.model_path: expected a path, got {self.model_path!r}")
-        _num("residual", "threshold", self.threshold, positive=True)
+        if self.threshold is not None:
+            _num("residual", "threshold", self.threshold, positive=True)
+        _num("residual", "default_threshold", self.default_threshold, positive=True)
         if self.scale not in ("per_endpoint", "pooled"):
             raise ValueError(f"residual.scale: expected per_endpoint or pooled, got {self.scale!r}")
 
@@ -304,30 +364,49 @@ def _default_severity() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    """When evidence becomes an alert. All times are sample-timestamp milliseconds.
+    """When evidence becomes an alert, and when an alert episode ends. Times are seconds of
+    *sample* time (never the wall clock), so 5 s and 240 s probes behave alike.
 
-    An alert needs at least ``min_evidence`` distinct evidence types, or one of the
-    ``standalone_evidence`` types: by default a threshold violation or a loss run alerts on its
-    own (an operator wants to hear about a 40 ms echo or a dead loopback even if no model
-    agrees), while the statistical detectors (CUSUM, residual, Isolation Forest) must agree in
-    pairs, which keeps their individual false alarms out of the pager.
+    A sample is *alert-worthy* with at least ``min_evidence`` distinct evidence types, or one
+    of the ``standalone_evidence`` types. Worthy samples form a *run* that survives gaps of up
+    to ``gap_s`` (at least 2.5 probe intervals, inferred per endpoint). The run is *confirmed*
+    (an alert may open) once it spans ``persist_s``, holds ``persist_min_samples`` worthy
+    samples and at least ``persist_fraction`` of its samples are worthy: one late reply never
+    pages anyone. Worthy evidence of an ``immediate_evidence`` type (a loss run, already timed)
+    and a sample at a *critical* level (rule score 1: past the critical threshold or a
+    critical loss run) alerts at once. An open episode absorbs later evidence (escalating when
+    the severity rises) and is *resolved* after ``dedup_s`` (at least 2 intervals) without a
+    worthy sample.
     """
 
     min_evidence: int = 2
     standalone_evidence: tuple[str, ...] = ("threshold", "loss")
     #: composite at or above which the alert is major / critical (below: warning)
     severity: Mapping[str, float] = field(default_factory=_default_severity)
-    #: the alert condition must hold this long (sample time) before the first alert
-    hold_down_ms: int = 0
-    #: an open episode absorbs further alerts of the endpoint until it has been quiet this long
-    dedup_ms: int = 300_000
+    #: evidence types that carry their own duration (a loss run is timed from the last reply)
+    #: and so alert without further persistence
+    immediate_evidence: tuple[str, ...] = ("loss",)
+    #: statistical evidence must persist this long (sample time) before it counts
+    persist_s: float = 30.0
+    #: ... in at least this share of the run's samples ...
+    persist_fraction: float = 0.5
+    #: ... and in at least this many samples (so a single sample never alerts below critical)
+    persist_min_samples: int = 2
+    #: a run of evidence breaks after this long without a worthy sample
+    gap_s: float = 60.0
+    #: extra hold-down: the run must have lasted this long before the first alert
+    hold_down_s: float = 0.0
+    #: an open episode is resolved after this long without a worthy sample
+    dedup_s: float = 300.0
 
     def __post_init__(self) -> None:
         _int("alerts", "min_evidence", self.min_evidence, lo=1)
         object.__setattr__(self, "standalone_evidence", tuple(self.standalone_evidence))
-        bad = [e for e in self.standalone_evidence if e not in EVIDENCE_TYPES]
-        if bad:
-            raise ValueError(f"alerts.standalone_evidence: unknown evidence type(s) {bad}; known: {list(EVIDENCE_TYPES)}")
+        object.__setattr__(self, "immediate_evidence", tuple(self.immediate_evidence))
+        for key in ("standalone_evidence", "immediate_evidence"):
+            bad = [e for e in getattr(self, key) if e not in EVIDENCE_TYPES]
+            if bad:
+                raise ValueError(f"alerts.{key}: unknown evidence type(s) {bad}; known: {list(EVIDENCE_TYPES)}")
         _check_keys("alerts.severity", self.severity, ["major", "critical"])
         sev = {**_default_severity(), **dict(self.severity)}
         for k, v in sev.items():
@@ -335,8 +414,29 @@ class AlertConfig:
         if not 0.0 <= sev["major"] <= sev["critical"] <= 1.0:
             raise ValueError(f"alerts.severity: need 0 <= major <= critical <= 1, got {sev}")
         object.__setattr__(self, "severity", sev)
-        _int("alerts", "hold_down_ms", self.hold_down_ms)
-        _int("alerts", "dedup_ms", self.dedup_ms)
+        for key in ("persist_s", "gap_s", "hold_down_s", "dedup_s"):
+            object.__setattr__(self, key, _num("alerts", key, getattr(self, key), lo=0.0))
+        f = _num("alerts", "persist_fraction", self.persist_fraction, lo=0.0)
+        if f > 1.0:
+            raise ValueError(f"alerts.persist_fraction: must be in [0, 1], got {f}")
+        object.__setattr__(self, "persist_fraction", f)
+        _int("alerts", "persist_min_samples", self.persist_min_samples, lo=1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> AlertConfig:
+        """From YAML; the older millisecond keys ``hold_down_ms`` / ``dedup_ms`` still work."""
+        if d is None:
+            return cls()
+        kw = dict(d)
+        for old, new in (("hold_down_ms", "hold_down_s"), ("dedup_ms", "dedup_s")):
+            if old in kw:
+                if new in kw:
+                    raise ValueError(f"alerts: give {new} or {old}, not both")
+                kw[new] = _num("alerts", old, kw.pop(old), lo=0.0) / 1000.0
+        for key in ("standalone_evidence", "immediate_evidence"):
+            if key in kw and kw[key] is None:
+                kw[key] = ()
+        return _from(cls, "alerts", kw)
 
 
 @dataclass(frozen=True)
@@ -389,9 +489,6 @@ class DetectionConfig:
         mp = d.get("model_path")
         if mp is not None and not isinstance(mp, (str, os.PathLike)):
             raise ValueError(f"detection.model_path: expected a path, got {mp!r}")
-        alerts = d.get("alerts")
-        if alerts is not None and "standalone_evidence" in alerts and alerts["standalone_evidence"] is None:
-            alerts = {**alerts, "standalone_evidence": ()}
         return cls(
             model_path=None if mp is None else str(mp),
             rules=RuleConfig.from_dict(d.get("rules")),
@@ -399,7 +496,7 @@ class DetectionConfig:
             residual=_from(ResidualConfig, "residual", d.get("residual")),
             multivariate=_from(MultivariateConfig, "multivariate", d.get("multivariate")),
             fusion=FusionConfig.from_dict(d.get("fusion")),
-            alerts=_from(AlertConfig, "alerts", alerts),
+            alerts=AlertConfig.from_dict(d.get("alerts")),
             reload=_from(ReloadConfig, "reload", d.get("reload")),
             endpoints=dict(d.get("endpoints") or {}),
         )

@@ -66,6 +66,16 @@ class TCNModel:
     def seq_len(self) -> int:
         return self.net.seq_len
 
+    #: residual thresholds (σ) calibrated to a false-alert budget on healthy validation windows;
+    #: None: a registry written before calibration existed (the configured default applies)
+    threshold_pooled: float | None = None
+    threshold_per_endpoint: Mapping[str, float] = field(default_factory=dict)
+
+    def threshold_for(self, endpoint_id: str, per_endpoint: bool = True) -> float | None:
+        if per_endpoint and endpoint_id in self.threshold_per_endpoint:
+            return self.threshold_per_endpoint[endpoint_id]
+        return self.threshold_pooled
+
     def residual_scale(self, endpoint_id: str, per_endpoint: bool = True) -> float:
         if per_endpoint:
             return self.residual_per_endpoint.get(endpoint_id, self.residual_pooled)
@@ -85,6 +95,9 @@ class TCNModel:
         sc = metadata["scaler"]
         rs = metadata["residual_scale"]
         per_ep = {str(k): _finite_positive(v, f"residual_scale.per_endpoint[{k}]") for k, v in dict(rs.get("per_endpoint") or {}).items()}
+        cal = rs.get("calibration") or {}
+        thr_pooled = _finite_positive(cal["pooled"], "residual_scale.calibration.pooled") if "pooled" in cal else None
+        thr_ep = {str(k): _finite_positive(v, f"residual_scale.calibration.per_endpoint[{k}]") for k, v in dict(cal.get("per_endpoint") or {}).items()}
         return cls(
             name=name,
             version=version,
@@ -97,6 +110,8 @@ class TCNModel:
             residual_per_endpoint=per_ep,
             weights=dict(arrays),
             architecture=dict(metadata["architecture"]),
+            threshold_pooled=thr_pooled,
+            threshold_per_endpoint=thr_ep,
         )
 
 
@@ -111,6 +126,11 @@ class IFGroup:
     mean: np.ndarray
     std: np.ndarray
     threshold: float
+    #: thresholds calibrated for single endpoints (budget calibration); others use ``threshold``
+    endpoint_thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def threshold_for(self, endpoint_id: str) -> float:
+        return self.endpoint_thresholds.get(endpoint_id, self.threshold)
 
 
 @dataclass(frozen=True)
@@ -150,7 +170,10 @@ class IFModel:
             thr = float(spec["threshold"])
             if not math.isfinite(thr):
                 raise ValueError(f"group {key!r}: threshold must be finite")
-            groups[str(key)] = IFGroup(str(key), caps, tuple(feats), forest, mean, std, thr)
+            ep_thr = {str(k): float(v) for k, v in dict(spec.get("endpoint_thresholds") or {}).items()}
+            if not all(math.isfinite(v) for v in ep_thr.values()):
+                raise ValueError(f"group {key!r}: endpoint_thresholds must be finite")
+            groups[str(key)] = IFGroup(str(key), caps, tuple(feats), forest, mean, std, thr, ep_thr)
         if not groups:
             raise ValueError("no capability groups")
         return cls(name, version, fcfg, groups, reference)

@@ -233,7 +233,7 @@ class MultivariateDetector:
                         break
                     refs.append(r)
                 else:
-                    thr = self.config.threshold if self.config.threshold is not None else group.threshold
+                    thr = self.config.threshold if self.config.threshold is not None else group.threshold_for(endpoint_id)
                     row = _Row(group, metrics, tuple(refs), "lbm" in caps, "udp_echo" in caps and "ecpri" in caps, thr)
         self._rows[key] = row
         return row

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ocad_detectors._util import EV_MULTIVARIATE, EVIDENCE_NAMES, WarnOnce
-from ocad_detectors.alerts import Alert, AlertManager, SampleDetails, build_explanation, make_alert
+from ocad_detectors.alerts import Alert, AlertManager, Resolution, SampleDetails, build_explanation, make_alert
 from ocad_detectors.changepoint import ChangePointDetector
 from ocad_detectors.config import DETECTORS, DetectionConfig, load_config
 from ocad_detectors.fusion import ScoreFusion
@@ -88,7 +88,6 @@ _CAPS_BY_BITS: tuple[frozenset[str], ...] = tuple(
     frozenset(c for c, b in _CAP_BITS.items() if m & b) for m in range(8)
 )
 _ZERO_SCORES = (0.0, 0.0, 0.0, 0.0)
-_POPCOUNT = np.array([bin(i).count("1") for i in range(32)], dtype=np.int64)
 _BATCH_CHUNK = 65_536  # samples per group of endpoints in batch mode (bounds memory)
 
 
@@ -111,6 +110,10 @@ class DetectionResult:
     evidence: tuple[str, ...] = ()
     alert: Alert | None = None
     error: str | None = None
+    #: the endpoint's alert episode that ended at this sample
+    resolved: Resolution | None = None
+    #: level changes confirmed at this sample (both directions)
+    changes: tuple[Any, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,8 @@ class DetectionResult:
             "evidence": ",".join(self.evidence),
             "alert": self.alert is not None,
             "severity": self.alert.severity if self.alert is not None else None,
+            "resolved": self.resolved is not None,
+            "changes": len(self.changes),
         }
 
 
@@ -149,6 +154,8 @@ class BatchResult:
     evidence: np.ndarray  # int bit masks
     alert_index: np.ndarray  # index into ``alerts`` or -1
     alerts: list[Alert] = field(default_factory=list)
+    resolution_index: np.ndarray | None = None  # index into ``resolutions`` or -1
+    resolutions: list[Resolution] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.status)
@@ -160,12 +167,14 @@ class BatchResult:
         comp = self.composite.tolist()
         ev = self.evidence.tolist()
         ai = self.alert_index.tolist()
+        ri = self.resolution_index.tolist() if self.resolution_index is not None else [-1] * len(ai)
         for i in range(len(self.status)):
             out.append(
                 DetectionResult(
                     self.timestamp_ms[i], self.endpoint_id[i], str(self.status[i]),
                     {d: sc[j][i] for j, d in enumerate(DETECTORS)}, comp[i], EVIDENCE_NAMES[ev[i]],
                     self.alerts[ai[i]] if ai[i] >= 0 else None, self.error[i],
+                    self.resolutions[ri[i]] if ri[i] >= 0 else None,
                 )
             )
         return out
@@ -175,8 +184,12 @@ class BatchResult:
         import pandas as pd
 
         sev = np.full(len(self.status), None, dtype=object)
+        esc = np.zeros(len(self.status), dtype=bool)
         for i in np.flatnonzero(self.alert_index >= 0).tolist():
-            sev[i] = self.alerts[int(self.alert_index[i])].severity
+            a = self.alerts[int(self.alert_index[i])]
+            sev[i] = a.severity
+            esc[i] = a.escalation
+        resolved = self.resolution_index >= 0 if self.resolution_index is not None else np.zeros(len(self.status), dtype=bool)
         df = pd.DataFrame(
             {
                 "timestamp_ms": pd.array(self.timestamp_ms, dtype="Int64"),
@@ -188,6 +201,8 @@ class BatchResult:
                 "evidence": pd.array([",".join(EVIDENCE_NAMES[e]) for e in self.evidence.tolist()], dtype="string"),
                 "alert": self.alert_index >= 0,
                 "severity": pd.array(sev, dtype="string"),
+                "escalation": esc,
+                "resolved": resolved,
             }
         )
         return df
@@ -258,6 +273,7 @@ class DetectionPipeline:
             ref.per_endpoint.update(self._config_reference.per_endpoint)
             ref.pooled.update(self._config_reference.pooled)
         self.changepoint.set_reference(ref)
+        self.rules.set_reference(ref)
         self._known = models.known_capabilities()
         active = ["rule", "changepoint"]
         if self.residual.active:
@@ -267,6 +283,7 @@ class DetectionPipeline:
         active = [d for d in active if getattr(self.config, {"rule": "rules"}.get(d, d)).enabled]
         self.fusion.set_active(active)
         for e in self._endpoints.values():
+            self.rules.refresh_state(e.rule)
             self.changepoint.refresh_state(e.cp)
             self.residual.refresh_state(e.res)
             self.multivariate.refresh_state(e.mv)
@@ -301,7 +318,7 @@ class DetectionPipeline:
             e = _Endpoint(endpoint_id, _CAPS_BY_BITS[_caps_bits(self._known[endpoint_id])], True)
         else:
             e = _Endpoint(endpoint_id, _CAPS_BY_BITS[0], False)
-        e.rule = self.rules.new_state()
+        e.rule = self.rules.new_state(endpoint_id)
         e.cp = self.changepoint.new_state(endpoint_id)
         e.res = self.residual.new_state(endpoint_id)
         e.mv = self.multivariate.new_state(endpoint_id)
@@ -358,26 +375,23 @@ class DetectionPipeline:
             c = float("nan")
         if "lbm" not in caps:
             lb = s = float("nan")
-        s0, ev = self.rules.update(e.rule, caps, u, c, lb, s)
+        s0, ev = self.rules.update(e.rule, caps, ts, u, c, lb, s)
         s1, ev1 = self.changepoint.update(e.cp, u, c, lb)
         s2, ev2 = self.residual.update(e.res, u, c, lb)
         s3, ev3 = self.multivariate.update(e.mv, caps, ts, u, c, lb, s)
         ev |= ev1 | ev2 | ev3
         composite = self.fusion.combine(s0, s1, s2, s3)
         scores = {"rule": s0, "changepoint": s1, "residual": s2, "multivariate": s3}
+        emit, esc, sev, resolution = self.alerts.step(e.alert, ep, ts, ev, composite, s0 >= 1.0)
         alert = None
-        if ev:
-            emit, esc, sev = self.alerts.step(e.alert, ts, ev, composite)
-            if emit:
-                d = SampleDetails(
-                    (u, c, lb), e.cp.refs, dict(e.rule.runs), list(zip(e.cp.S, e.cp.z)),
-                    [(e.res.pred[i], e.res.r[i]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
-                    self.multivariate.explain(e.mv),
-                )
-                alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
-        else:
-            e.alert.run_start = None
-        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert)
+        if emit:
+            d = SampleDetails(
+                (u, c, lb), e.cp.refs, dict(e.rule.runs), list(zip(e.cp.S, e.cp.z)),
+                [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
+                self.multivariate.explain(e.mv), list(e.rule.levels),
+            )
+            alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
+        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution)
 
     def reset(self) -> None:
         """Forget every endpoint's state (buffers, sums, episodes); models stay."""
@@ -634,6 +648,8 @@ class _BatchRun:
         self.ev = np.zeros(n, dtype=np.int64)
         self.alert_index = np.full(n, -1, dtype=np.int64)
         self.alerts: list[Alert] = []
+        self.resolution_index = np.full(n, -1, dtype=np.int64)
+        self.resolutions: list[Resolution] = []
         groups = self._order()
         done = int((~self.valid).sum())
         chunk: list[tuple[str, np.ndarray]] = []
@@ -655,7 +671,7 @@ class _BatchRun:
             self.progress(n)
         return BatchResult(
             self.ts_out, self.ep_out, self.status, self.error, dict(zip(DETECTORS, self.S)),
-            self.composite, self.ev, self.alert_index, self.alerts,
+            self.composite, self.ev, self.alert_index, self.alerts, self.resolution_index, self.resolutions,
         )
 
     def _caps(self, ep: str, u: np.ndarray, c: np.ndarray, lb: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -680,14 +696,16 @@ class _BatchRun:
             c = np.where(has["ecpri"], self.c[rows], np.nan)
             lb = np.where(has["lbm"], self.lb[rows], np.nan)
             s = np.where(has["lbm"], self.s[rows], np.nan)
-            r_score, r_ev, runs = p.rules.score_series(has, u, c, lb, s)
             c_score, c_ev, Ss, zs = p.changepoint.score_series(ep, u, c, lb)
+            r_score, r_ev, runs, levels = p.rules.score_series(
+                ep, [_CAPS_BY_BITS[b] for b in caps.tolist()], self.ts[rows].tolist(), u, c, lb, s
+            )
             rj = p.residual.prepare_series(ep, (u, c, lb))
             caps_list = list(_CAPS_BY_BITS)
             mj = p.multivariate.prepare_series(
                 ep, self.ts[rows] / 1000.0, dict(zip(METRIC_TYPES, (u, c, lb))), s, caps, caps_list
             )
-            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, runs, c_score, c_ev, Ss, zs, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
+            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, (runs, levels), c_score, c_ev, Ss, zs, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
             res_jobs += rj
             mv_jobs += mj
         preds = _predict_all(res_jobs)
@@ -715,28 +733,28 @@ class _BatchRun:
                 self.S[j][rows] = scores[j]
             self.composite[rows] = comp
             self.ev[rows] = ev
-            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, zs, P, R, mv_at)
+            T = {job[0]: job[5] for job in res_jobs[r0 : r0 + rn]}
+            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, zs, (P, R, T), mv_at)
 
-    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, Ss, zs, P, R, mv_at) -> None:
+    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, Ss, zs, res, mv_at) -> None:
+        """The alert state machine over the endpoint's accepted samples: the very step the
+        streaming path takes, sample by sample, so both give the same alerts and resolutions."""
         p = self.p
         am = p.alerts
         st = am.new_state()
-        std = np.asarray(ev & am._standalone, dtype=bool) | (_POPCOUNT[ev] >= am._min)
-        worthy = np.flatnonzero(std)
-        if len(worthy) == 0:
-            return
-        ts = self.ts[rows]
-        # first timestamp of each unbroken run of worthy samples
-        run_id = np.cumsum(~std)
-        first_of_run = {}
+        ts_l = self.ts[rows].tolist()
+        ev_l = ev.tolist()
+        comp_l = comp.tolist()
+        crit_l = (scores[0] >= 1.0).tolist()
         refs = p.changepoint._refs(ep)
-        for j in worthy.tolist():
-            rid = int(run_id[j])
-            if rid not in first_of_run:
-                first_of_run[rid] = int(ts[j])
-            t = int(ts[j])
-            sev = am.severity(float(comp[j]))
-            emit, esc = am.decide(st, t, first_of_run[rid], sev)
+        step = am.step
+        P, R, T = res
+        for j in range(len(ts_l)):
+            t = ts_l[j]
+            emit, esc, sev, res = step(st, ep, t, ev_l[j], comp_l[j], crit_l[j])
+            if res is not None:
+                self.resolution_index[rows[j]] = len(self.resolutions)
+                self.resolutions.append(res)
             if not emit:
                 continue
             u, c, lb, _ = vals
@@ -746,15 +764,18 @@ class _BatchRun:
                 row, _, Xs = mv_at[0][jid]
                 k = int(mv_at[3][j])
                 mv = (row, Xs[k], float(mv_at[1][jid][k]))
+            runs_, lv_all = runs
+            lvl = lv_all[j]
             d = SampleDetails(
-                (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs.items()},
+                (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs_.items()},
                 [(float(Ss[i][j]), float(zs[i][j])) for i in range(3)],
-                [(float(P[i][j]), float(R[i][j])) if R[i][j] == R[i][j] else None for i in range(3)],
+                [(float(P[i][j]), float(R[i][j]), T[i]) if R[i][j] == R[i][j] else None for i in range(3)],
                 top_feature(mv[0], mv[1], mv[2]) if mv is not None else None,
+                [None if lvl[i, 0] != lvl[i, 0] else (float(lvl[i, 0]), float(lvl[i, 1])) for i in range(3)],
             )
-            e = int(ev[j])
+            e = int(ev_l[j])
             sc = {d_: float(scores[k][j]) for k, d_ in enumerate(DETECTORS)}
-            alert = make_alert(ep, t, sev, float(comp[j]), e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
+            alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
             self.alert_index[rows[j]] = len(self.alerts)
             self.alerts.append(alert)
 

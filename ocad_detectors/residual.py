@@ -2,8 +2,11 @@
 
 Per (endpoint, metric) an inference buffer of exactly the model's ``seq_len`` previous values.
 At each sample with a value ``x``: if the buffer is full, ``x̂ = TCN(buffer)`` (the buffer does
-not contain ``x``: no leakage), ``r = |x - x̂| / residual_scale`` in σ of the training
-residual (per endpoint; pooled for unknown endpoints), then ``x`` enters the buffer. A missing
+not contain ``x``: no leakage), ``r = (x - x̂) / residual_scale`` in σ of the training
+residual (per endpoint; pooled for unknown endpoints), then ``x`` enters the buffer. Only
+``r > threshold`` is evidence: a delay *below* its forecast is no degradation (a recovery edge
+must not alert). The threshold is the model's budget calibration (per endpoint where the
+training had data enough) unless the configuration fixes one. A missing
 value is not scored; the last value is carried forward into the buffer so the time axis the
 model sees stays regular (the loss itself is the rule detector's evidence).
 """
@@ -33,12 +36,13 @@ _SPARE_LEN = 64
 
 
 class _ResState:
-    __slots__ = ("buf", "endpoint_id", "pred", "r", "scale")
+    __slots__ = ("buf", "endpoint_id", "pred", "r", "scale", "thr")
 
     def __init__(self, endpoint_id: str) -> None:
         self.endpoint_id = endpoint_id
         self.buf: dict[str, deque[float]] = {}
         self.scale: dict[str, float] = {}
+        self.thr: dict[str, float] = {}
         self.pred = [_NAN, _NAN, _NAN]
         self.r = [_NAN, _NAN, _NAN]
 
@@ -119,6 +123,14 @@ class ResidualDetector:
                 st.buf[m] = deque(list(old)[-L:], maxlen=L)
             if mod is not None:
                 st.scale[m] = mod.residual_scale(st.endpoint_id, self._per_ep)
+                st.thr[m] = self.threshold(mod, st.endpoint_id)
+
+    def threshold(self, mod: TCNModel, endpoint_id: str) -> float:
+        """The residual threshold (σ) for one endpoint: configured > calibrated > default."""
+        if self._thr is not None:
+            return self._thr
+        t = mod.threshold_for(endpoint_id, self._per_ep)
+        return t if t is not None else self.config.default_threshold
 
     def update(self, st: _ResState, u: float, c: float, lb: float) -> tuple[float, int]:
         """One accepted sample (masked values) -> (score, evidence bits)."""
@@ -126,7 +138,7 @@ class ResidualDetector:
         score = 0.0
         ev = 0
         active = self.config.active
-        thr = self._thr
+        thrs = st.thr
         bufs = st.buf
         for stack, slots, means, stds in self._units:
             ready = None
@@ -159,14 +171,16 @@ class ResidualDetector:
                     i, m, _ = slots[j]
                     if ready[j]:
                         pred = preds[j]
-                        r = abs(vals[i] - pred) / st.scale[m]
+                        r = (vals[i] - pred) / st.scale[m]
                         st.pred[i] = pred
                         st.r[i] = r
-                        sc = squash(r, thr)
-                        if sc > score:
-                            score = sc
-                        if r > thr:
-                            ev = EV_RESIDUAL
+                        if r > 0.0:
+                            thr = thrs[m]
+                            sc = squash(r, thr)
+                            if sc > score:
+                                score = sc
+                            if r > thr:
+                                ev = EV_RESIDUAL
                     else:
                         st.r[i] = _NAN
             else:
@@ -196,7 +210,7 @@ class ResidualDetector:
 
     def prepare_series(self, endpoint_id: str, values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, TCNModel, np.ndarray, np.ndarray, float]]:
         """Batch, step 1: the windows of one endpoint's masked series that get a forecast:
-        ``[(value index, model, sample indices, windows (scaled), residual scale)]``."""
+        ``[(value index, model, sample indices, windows (scaled), residual scale, threshold)]``."""
         jobs = []
         if not self.config.active:
             return jobs
@@ -211,23 +225,22 @@ class ResidualDetector:
                 continue
             scaled = (filled - mod.mean) / mod.std  # per value, as the streaming window is scaled
             win = np.lib.stride_tricks.sliding_window_view(scaled, L)[sel - L]
-            jobs.append((i, mod, sel, win, mod.residual_scale(endpoint_id, self._per_ep)))
+            jobs.append((i, mod, sel, win, mod.residual_scale(endpoint_id, self._per_ep), self.threshold(mod, endpoint_id)))
         return jobs
 
     def finish_series(
-        self, n: int, values: tuple[np.ndarray, np.ndarray, np.ndarray], jobs: list[tuple[int, TCNModel, np.ndarray, np.ndarray, float]], preds: list[np.ndarray]
+        self, n: int, values: tuple[np.ndarray, np.ndarray, np.ndarray], jobs: list[tuple[int, TCNModel, np.ndarray, np.ndarray, float, float]], preds: list[np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Batch, step 2: scaled predictions -> (score, evidence bits, prediction and r per value signal)."""
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
         P = [np.full(n, np.nan) for _ in range(3)]
         R = [np.full(n, np.nan) for _ in range(3)]
-        thr = self._thr
-        for (i, mod, sel, _, scale), p in zip(jobs, preds):
+        for (i, mod, sel, _, scale, thr), p in zip(jobs, preds):
             pred = p * mod.std + mod.mean
-            r = np.abs(values[i][sel] - pred) / scale
+            r = (values[i][sel] - pred) / scale
             P[i][sel] = pred
             R[i][sel] = r
-            score[sel] = np.maximum(score[sel], squash_array(r, thr))
+            score[sel] = np.maximum(score[sel], squash_array(np.maximum(r, 0.0), thr))
             ev[sel] |= np.where(r > thr, EV_RESIDUAL, 0)
         return score, ev, P, R

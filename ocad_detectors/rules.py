@@ -1,13 +1,16 @@
-"""Rule detector: fixed thresholds in each signal's own unit, and loss run lengths.
+"""Rule detector: delay thresholds relative to each endpoint's baseline (or absolute SLA
+levels), and loss runs measured in seconds.
 
-No model, no reference statistics: it works when every model is missing. Loss is counted per
-probe type the endpoint supports, as consecutive samples without a reply:
+It needs no model: without reference statistics an endpoint's baseline is learned from its
+first samples. Loss is counted per probe type the endpoint supports, as consecutive samples
+without a reply, and timed from the last reply:
 
 * ``udp_echo`` / ``ecpri``: the delay value is missing (None / NaN / absent);
 * ``lbm``: ``lbm_success`` is false, or there is neither a success flag nor an RTT.
 
-Score: 0 below the warning level; above it ``0.5 + 0.5 * min(1, excess / (critical - warning))``
-for a delay, and the same in samples for a loss run, so 0.5 means "just over", 1 "critical".
+Score: 0 below the warning level; above it ``0.5 + 0.5 * excess / (critical - warning)`` for
+a delay, and the same in seconds for a loss run; 1 at the critical level, so 0.5 means "just
+over" and 1 "critical" (a loss run shorter than ``loss_critical_samples`` stays below 1).
 """
 
 from __future__ import annotations
@@ -35,10 +38,19 @@ class DetectorOutput:
 
 
 class _RuleState:
-    __slots__ = ("runs",)
+    __slots__ = ("base", "endpoint_id", "levels", "lost_since", "runs", "warm")
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint_id: str, levels: list[tuple[float, float] | None], base: list[float | None]) -> None:
+        self.endpoint_id = endpoint_id
+        #: (warning, critical) per delay signal, in its unit; None = no rule (yet)
+        self.levels = levels
+        #: learned baseline per delay signal (None = still warming up / absolute rules)
+        self.base = base
+        #: first values of signals without a reference baseline (until baseline_samples)
+        self.warm: list[list[float]] = [[], [], []]
         self.runs = {"udp_echo": 0, "ecpri": 0, "lbm": 0}
+        #: sample time of the last reply per probe type (None = none seen yet)
+        self.lost_since: dict[str, int | None] = {"udp_echo": None, "ecpri": None, "lbm": None}
 
 
 def loss_runs(lost: np.ndarray) -> np.ndarray:
@@ -51,54 +63,123 @@ def loss_runs(lost: np.ndarray) -> np.ndarray:
 
 
 class RuleDetector:
-    """Thresholds and loss runs; ``update`` is the streaming step, ``score_series`` the batch one."""
+    """Threshold and loss rules per endpoint (see :class:`~ocad_detectors.config.RuleConfig`).
+
+    ``update`` is the streaming step; ``score_series`` runs the very same step over a series,
+    so batch and streaming agree by construction. A rule score is 0.5 just over the warning
+    level and 1 at the critical level (a critical sample alerts on its own).
+    """
 
     name = "rule"
 
     def __init__(self, config: RuleConfig | None = None) -> None:
-        self.config = config or RuleConfig()
-        th = self.config.thresholds
-        # (index into the (udp, ecpri, lbm) value tuple, warning, critical - warning)
-        self._checks = tuple(
-            (VALUE_SIGNALS.index(sig), t.warning, t.critical - t.warning) for sig, t in th.items()
-        )
-        self._lw = self.config.loss_run_warning
-        self._lspan = float(self.config.loss_run_critical - self.config.loss_run_warning)
+        self.config = cfg = config or RuleConfig()
+        self._lw = cfg.loss_warning_s * 1000.0
+        self._lc = cfg.loss_critical_s * 1000.0
+        self._lspan = self._lc - self._lw
+        self._lmin = cfg.loss_min_samples
+        self._lcrit = cfg.loss_critical_samples
         self._states: dict[str, _RuleState] = {}
+        self.reference: Any = None
 
     @property
     def active(self) -> bool:
         return self.config.enabled
 
-    def new_state(self) -> _RuleState:
-        return _RuleState()
+    def set_reference(self, reference: Any) -> None:
+        """Healthy baselines per endpoint (a :class:`~ocad_detectors.features.ReferenceStats`)."""
+        self.reference = reference
 
-    def update(self, st: _RuleState, caps: frozenset[str], u: float, c: float, lb: float, s: float) -> tuple[float, int]:
+    def _levels(self, endpoint_id: str) -> tuple[list[tuple[float, float] | None], list[float | None]]:
+        cfg = self.config
+        absolute = cfg.absolute_for(endpoint_id)
+        levels: list[tuple[float, float] | None] = []
+        base: list[float | None] = []
+        for sig in VALUE_SIGNALS:
+            if absolute is not None:
+                th = absolute.get(sig)
+                levels.append(None if th is None else (th.warning, th.critical))
+                base.append(None)
+                continue
+            ref = self.reference.per_endpoint.get((endpoint_id, sig)) if self.reference is not None else None
+            if ref is not None and ref[0] > 0.0:
+                levels.append((ref[0] * cfg.warning_ratio, ref[0] * cfg.critical_ratio))
+                base.append(float(ref[0]))
+            else:
+                levels.append(None)
+                base.append(None)
+        return levels, base
+
+    def new_state(self, endpoint_id: str = "") -> _RuleState:
+        levels, base = self._levels(endpoint_id)
+        return _RuleState(endpoint_id, levels, base)
+
+    def refresh_state(self, st: _RuleState) -> None:
+        """New models: baselines from the new reference; learned ones are kept."""
+        levels, base = self._levels(st.endpoint_id)
+        for i in range(3):
+            if base[i] is not None or self.config.absolute_for(st.endpoint_id) is not None or st.base[i] is None:
+                st.levels[i], st.base[i] = levels[i], base[i]
+
+    def rebaseline(self, st: _RuleState, i: int, level: float) -> None:
+        """The change detector confirmed a lasting new level of signal ``i``: relative rules now
+        compare against it (absolute SLA thresholds never move)."""
+        if self.config.absolute_for(st.endpoint_id) is None and level > 0.0 and level == level:
+            st.base[i] = level
+            st.levels[i] = (level * self.config.warning_ratio, level * self.config.critical_ratio)
+
+    def update(self, st: _RuleState, caps: frozenset[str], ts: int, u: float, c: float, lb: float, s: float) -> tuple[float, int]:
         """One accepted sample (values masked to the endpoint's capabilities) -> (score, evidence bits)."""
         score = 0.0
         ev = 0
         runs = st.runs
-        if "udp_echo" in caps:
-            runs["udp_echo"] = runs["udp_echo"] + 1 if u != u else 0
-        if "ecpri" in caps:
-            runs["ecpri"] = runs["ecpri"] + 1 if c != c else 0
-        if "lbm" in caps:
-            runs["lbm"] = runs["lbm"] + 1 if (s == 0.0 or (s != s and lb != lb)) else 0
+        since = st.lost_since
+        durations = []
+        for cap, lost in (
+            ("udp_echo", u != u), ("ecpri", c != c), ("lbm", s == 0.0 or (s != s and lb != lb))
+        ):
+            if cap not in caps:
+                continue
+            if lost:
+                runs[cap] += 1
+                t0 = since[cap]
+                if t0 is None:
+                    t0 = since[cap] = ts
+                durations.append((ts - t0, runs[cap]))
+            else:
+                runs[cap] = 0
+                since[cap] = ts
         if not self.config.enabled:
             return 0.0, 0
         vals = (u, c, lb)
-        for i, warn, span in self._checks:
+        levels = st.levels
+        for i in range(3):
             v = vals[i]
+            if v != v:
+                continue
+            lv = levels[i]
+            if lv is None:
+                if st.base[i] is None and self.config.absolute_for(st.endpoint_id) is None:
+                    w = st.warm[i]
+                    w.append(v)
+                    if len(w) >= self.config.baseline_samples:
+                        self.rebaseline(st, i, float(np.median(w)))
+                        st.warm[i] = []
+                continue
+            warn, crit = lv
             if v > warn:
                 ev = EV_THRESHOLD
-                sc = 0.5 + 0.5 * min(1.0, (v - warn) / span)
+                sc = 1.0 if v >= crit else 0.5 + 0.5 * (v - warn) / (crit - warn)
                 if sc > score:
                     score = sc
         lw = self._lw
-        for r in runs.values():
-            if r >= lw:
+        for dur, n in durations:
+            if dur >= lw and n >= self._lmin:
                 ev |= EV_LOSS
-                sc = 0.5 + 0.5 * min(1.0, (r - lw) / self._lspan)
+                if dur >= self._lc and n >= self._lcrit:
+                    sc = 1.0
+                else:
+                    sc = min(0.99, 0.5 + 0.5 * (dur - lw) / self._lspan)
                 if sc > score:
                     score = sc
         return score, ev
@@ -114,38 +195,43 @@ class RuleDetector:
         """
         from ocad_detectors.samples import require_valid
 
-        _, ep, u, c, lb, s = require_valid(sample)
+        ts, ep, u, c, lb, s = require_valid(sample)
         caps = frozenset(capabilities) if capabilities is not None else present_capabilities(u, c, lb, s)
-        st = self._states.setdefault(ep, self.new_state())
-        score, ev = self.update(st, caps, *mask_values(caps, u, c, lb, s))
+        st = self._states.get(ep)
+        if st is None:
+            st = self._states[ep] = self.new_state(ep)
+        score, ev = self.update(st, caps, ts, *mask_values(caps, u, c, lb, s))
         return DetectorOutput(score, EVIDENCE_NAMES[ev], {"loss_runs": dict(st.runs)})
 
     def score_series(
-        self, caps_masks: Mapping[str, np.ndarray], u: np.ndarray, c: np.ndarray, lb: np.ndarray, s: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Batch over one endpoint's accepted, masked series: (score, evidence bits, loss runs)."""
-        n = len(u)
-        runs = {
-            "udp_echo": loss_runs(caps_masks["udp_echo"] & np.isnan(u)),
-            "ecpri": loss_runs(caps_masks["ecpri"] & np.isnan(c)),
-            "lbm": loss_runs(caps_masks["lbm"] & ((s == 0.0) | (np.isnan(s) & np.isnan(lb)))),
-        }
+        self, endpoint_id: str, caps_seq: list[frozenset[str]], ts: list[int], u: np.ndarray, c: np.ndarray,
+        lb: np.ndarray, s: np.ndarray, rebaselines: Mapping[int, list[tuple[int, float]]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Batch over one endpoint's accepted, masked series: (score, evidence bits, loss runs,
+        rule levels: an ``(n, 3, 2)`` array of (warning, critical) per delay signal, NaN = none).
+
+        The streaming :meth:`update` runs sample by sample (the rules are cheap, and this way
+        both paths agree exactly); ``rebaselines`` maps a sample index to the ``(signal index,
+        level)`` re-anchorings the change detector confirmed at that sample, applied after it
+        as streaming does."""
+        n = len(ts)
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
-        if not self.config.enabled:
-            return score, ev, runs
-        vals = (u, c, lb)
-        for i, warn, span in self._checks:
-            v = vals[i]
-            over = v > warn
-            ev |= np.where(over, EV_THRESHOLD, 0)
-            with np.errstate(invalid="ignore"):
-                sc = np.where(over, 0.5 + 0.5 * np.minimum(1.0, (v - warn) / span), 0.0)
-            score = np.maximum(score, sc)
-        lw = self._lw
-        for r in runs.values():
-            over = r >= lw
-            ev |= np.where(over, EV_LOSS, 0)
-            sc = np.where(over, 0.5 + 0.5 * np.minimum(1.0, (r - lw) / self._lspan), 0.0)
-            score = np.maximum(score, sc)
-        return score, ev, runs
+        runs = {k: np.zeros(n, dtype=np.int64) for k in ("udp_echo", "ecpri", "lbm")}
+        levels = np.full((n, 3, 2), np.nan)
+        st = self.new_state(endpoint_id)
+        ul, cl, lbl, sl = u.tolist(), c.tolist(), lb.tolist(), s.tolist()
+        rb = rebaselines or {}
+        upd = self.update
+        r = st.runs
+        for j in range(n):
+            score[j], ev[j] = upd(st, caps_seq[j], ts[j], ul[j], cl[j], lbl[j], sl[j])
+            runs["udp_echo"][j] = r["udp_echo"]
+            runs["ecpri"][j] = r["ecpri"]
+            runs["lbm"][j] = r["lbm"]
+            for i, lv in enumerate(st.levels):
+                if lv is not None:
+                    levels[j, i] = lv
+            for i, level in rb.get(j, ()):
+                self.rebaseline(st, i, level)
+        return score, ev, runs, levels

@@ -18,7 +18,6 @@ Definitions (the report states them next to the numbers):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,12 +26,9 @@ from ocad_pipeline.training.metrics import best_f1_threshold as _exact_best_f1
 from ocad_pipeline.training.metrics import roc_auc as _roc_auc
 
 
-def _safe_div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
+from ocad_detectors.events import EventResult, _safe_div, episode_flags, eventwise, f1_from
 
-
-def f1_from(p: float, r: float) -> float:
-    return _safe_div(2 * p * r, p + r)
+__all__ = ["EventResult", "best_f1_threshold", "episode_flags", "eventwise", "f1_from", "pointwise", "pr_curve", "roc_auc", "roc_curve"]
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
@@ -80,100 +76,6 @@ def pointwise(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray | None 
         "roc_auc": roc_auc(y, scores) if scores is not None else None,
         "confusion_matrix": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
     }
-
-
-@dataclass(frozen=True)
-class EventResult:
-    metrics: dict
-    per_incident: pd.DataFrame  # incident_id, detected, first_alert_ms, ttd_s, lead_time_min
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """(first, last) index of every run of True."""
-    f = np.asarray(flags, dtype=bool)
-    if not f.any():
-        return []
-    d = np.diff(np.concatenate([[0], f.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1))
-
-
-def eventwise(stream: pd.DataFrame, flagged: np.ndarray, incidents: pd.DataFrame) -> EventResult:
-    """Event-wise metrics, MTTD and lead time.
-
-    ``stream``: endpoint_id, timestamp_ms (the replayed samples, any order); ``flagged``: one
-    bool per row of ``stream`` (e.g. "an alert is active/raised at this sample"); ``incidents``:
-    endpoint_id, incident_id, start, end, outage_start (epoch ms, end exclusive) — only those
-    inside the stream's time range per endpoint are scored.
-    """
-    df = pd.DataFrame(
-        {"endpoint_id": stream["endpoint_id"].astype(str).to_numpy(), "t": stream["timestamp_ms"].to_numpy(np.int64), "f": np.asarray(flagged, bool)}
-    ).sort_values(["endpoint_id", "t"], kind="stable")
-    rows = []
-    pred_events = 0
-    pred_true = 0
-    span_ms = 0.0
-    for ep, g in df.groupby("endpoint_id", sort=True):
-        t = g["t"].to_numpy()
-        f = g["f"].to_numpy()
-        span_ms += float(t[-1] - t[0]) if len(t) > 1 else 0.0
-        inc = incidents[(incidents["endpoint_id"].astype(str) == ep) & (incidents["end"] > t[0]) & (incidents["start"] <= t[-1])]
-        starts = inc["start"].to_numpy(np.int64)
-        ends = inc["end"].to_numpy(np.int64)
-        for a, b in _runs(f):
-            pred_events += 1
-            if ((starts <= t[b]) & (ends > t[a])).any():
-                pred_true += 1
-        for r in inc.itertuples():
-            inside = (t >= r.start) & (t < r.end)
-            hit = np.flatnonzero(inside & f)
-            first = int(t[hit[0]]) if len(hit) else None
-            lead = None
-            lead_hit = None
-            if pd.notna(r.outage_start):
-                before = np.flatnonzero((t >= r.start) & (t < r.outage_start) & f)
-                lead_hit = bool(len(before))
-                lead = (float(r.outage_start) - float(t[before[0]])) / 60_000.0 if len(before) else None
-            rows.append(
-                {
-                    "incident_id": r.incident_id,
-                    "endpoint_id": ep,
-                    "type": getattr(r, "type", None),
-                    "detected": first is not None,
-                    "first_alert_ms": first,
-                    "ttd_s": (first - int(r.start)) / 1000.0 if first is not None else None,
-                    "ends_in_outage": pd.notna(r.outage_start),
-                    "warned_before_outage": lead_hit,
-                    "lead_time_min": lead,
-                }
-            )
-    per = pd.DataFrame(
-        rows,
-        columns=["incident_id", "endpoint_id", "type", "detected", "first_alert_ms", "ttd_s", "ends_in_outage", "warned_before_outage", "lead_time_min"],
-    )
-    per = per.astype({"detected": bool, "ends_in_outage": bool})  # empty frames come back as object columns
-    n_inc = len(per)
-    detected = int(per["detected"].sum()) if n_inc else 0
-    prec = _safe_div(pred_true, pred_events)
-    rec = _safe_div(detected, n_inc)
-    ttd = per.loc[per["detected"], "ttd_s"].astype(float)
-    outage = per[per["ends_in_outage"]]
-    leads = outage["lead_time_min"].dropna().astype(float)
-    days = span_ms / 86_400_000.0
-    metrics = {
-        "incidents": n_inc,
-        "detected": detected,
-        "predicted_events": pred_events,
-        "false_alarm_events": pred_events - pred_true,
-        "precision": prec,
-        "recall": rec,
-        "f1_score": f1_from(prec, rec),
-        "false_alarms_per_endpoint_day": _safe_div(pred_events - pred_true, days) if days else None,
-        "mttd_seconds": float(ttd.mean()) if len(ttd) else None,
-        "outage_incidents": len(outage),
-        "warned_before_outage": int(outage["warned_before_outage"].eq(True).sum()) if len(outage) else 0,
-        "lead_time_p50_minutes": float(leads.median()) if len(leads) else None,
-    }
-    return EventResult(metrics=metrics, per_incident=per)
 
 
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

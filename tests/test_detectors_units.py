@@ -32,8 +32,8 @@ NAN = float("nan")
 # ----------------------------------------------------------------------------- rules
 
 
-def test_rule_thresholds_are_in_each_signals_own_unit():
-    det = RuleDetector()
+def test_absolute_rule_thresholds_are_in_each_signals_own_unit():
+    det = RuleDetector(RuleConfig(mode="absolute"))
     # 300 µs eCPRI is below its 400 µs threshold, although 300 > every ms threshold
     out = det.score_one(Sample(T0, "a", udp_echo_rtt_ms=5.0, ecpri_ow_us=300.0, lbm_rtt_ms=8.0, lbm_success=True))
     assert out.score == 0.0 and out.evidence == ()
@@ -43,19 +43,51 @@ def test_rule_thresholds_are_in_each_signals_own_unit():
     assert out.score == 1.0  # beyond critical
 
 
-def test_loss_runs_count_missing_replies_of_supported_probes():
-    det = RuleDetector(RuleConfig(loss_run_warning=3, loss_run_critical=6))
+@pytest.mark.parametrize("base_ms", [1.2, 300.0])
+def test_relative_rules_follow_each_endpoints_learned_baseline(base_ms):
+    """The same defaults for a 1 ms fronthaul link and a 300 ms Internet path."""
+    det = RuleDetector()
+    rng = np.random.default_rng(3)
+    for i in range(12):  # warm-up: the baseline is the median of the first samples
+        out = det.score_one(Sample(T0 + i * 5000, "a", udp_echo_rtt_ms=base_ms * (1 + 0.05 * rng.standard_normal())))
+        assert out.evidence == ()
+    assert det._states["a"].base[0] == pytest.approx(base_ms, rel=0.1)
+    out = det.score_one(Sample(T0 + 60_000, "a", udp_echo_rtt_ms=base_ms * 1.6))  # +60 %: a benign spike
+    assert out.evidence == ()
+    out = det.score_one(Sample(T0 + 65_000, "a", udp_echo_rtt_ms=base_ms * 3.0))
+    assert out.evidence == ("threshold",) and 0.5 < out.score < 1.0
+    assert det.score_one(Sample(T0 + 70_000, "a", udp_echo_rtt_ms=base_ms * 6.0)).score == 1.0
+
+
+def test_absolute_sla_thresholds_per_endpoint_group():
+    cfg = RuleConfig.from_dict({"absolute_groups": {"o-ru-*": {"udp_echo_rtt_ms": {"warning": 3, "critical": 9}}}})
+    det = RuleDetector(cfg)
+    assert det.score_one(Sample(T0, "o-ru-001", udp_echo_rtt_ms=4.0)).evidence == ("threshold",)
+    assert det.score_one(Sample(T0, "o-du-001", udp_echo_rtt_ms=4.0)).evidence == ()  # relative, warming up
+    with pytest.raises(ValueError, match="seconds"):
+        RuleConfig.from_dict({"loss_run_warning": 3})
+
+
+@pytest.mark.parametrize("interval_s", [5, 240])
+def test_loss_runs_are_timed_from_the_last_reply(interval_s):
+    det = RuleDetector(RuleConfig(loss_warning_s=15, loss_critical_s=60))
     caps = {"udp_echo", "lbm"}
+    t = T0
+    det.score_one(Sample(t, "a", udp_echo_rtt_ms=5.0, lbm_rtt_ms=5.0, lbm_success=True), caps)
     evid = []
-    for i in range(8):
-        s = Sample(T0 + i * 5000, "a", udp_echo_rtt_ms=5.0, lbm_rtt_ms=None, lbm_success=False)
+    for i in range(1, 14):
+        s = Sample(t + i * interval_s * 1000, "a", udp_echo_rtt_ms=5.0, lbm_rtt_ms=None, lbm_success=False)
         evid.append(det.score_one(s, caps))
-    assert [o.evidence for o in evid[:2]] == [(), ()]
-    assert all(o.evidence == ("loss",) for o in evid[2:])
-    assert evid[2].score == 0.5 and evid[5].score == 1.0
-    assert evid[-1].details["loss_runs"]["lbm"] == 8
+    if interval_s == 5:  # 3 lost = 15 s: warning; 12 lost = 60 s: critical, as with counted runs
+        assert [o.evidence for o in evid[:2]] == [(), ()]
+        assert all(o.evidence == ("loss",) for o in evid[2:])
+        assert evid[2].score == 0.5 and max(o.score for o in evid[:11]) < 1.0 and evid[11].score == 1.0
+    else:  # one lost 240 s probe is no outage; 2 are evidence, 3 are critical
+        assert evid[0].evidence == () and evid[1].evidence == ("loss",) and evid[1].score < 1.0
+        assert evid[2].score == 1.0
+    assert evid[-1].details["loss_runs"]["lbm"] == 13
     # a reply resets the run; udp missing counts for udp only
-    o = det.score_one(Sample(T0 + 50_000, "a", udp_echo_rtt_ms=None, lbm_rtt_ms=8.0, lbm_success=True), caps)
+    o = det.score_one(Sample(t + 14 * interval_s * 1000, "a", udp_echo_rtt_ms=None, lbm_rtt_ms=8.0, lbm_success=True), caps)
     assert o.details["loss_runs"] == {"udp_echo": 1, "ecpri": 0, "lbm": 0} and o.evidence == ()
 
 
@@ -214,62 +246,120 @@ def test_fusion_weights_and_inactive_detectors():
 # ----------------------------------------------------------------------------- alerts
 
 
-def test_single_rule_violation_or_loss_alerts_alone_but_one_statistical_detector_does_not():
-    am = AlertManager()
-    assert am.observe("a", T0, ["threshold"], 0.6) is not None
-    assert am.observe("b", T0, ["loss"], 0.5) is not None
-    assert am.observe("c", T0, ["multivariate"], 0.9) is None
-    assert am.observe("c", T0 + 5000, ["multivariate", "changepoint"], 0.7) is not None
+def _feed(am, ep, t0, step_ms, evs, comp=0.6, critical=False):
+    """Feed evidence lists at a fixed interval; returns the alerts (None where none)."""
+    return [am.observe(ep, t0 + i * step_ms, ev, comp, critical=critical) for i, ev in enumerate(evs)]
+
+
+def test_rule_or_loss_evidence_alerts_alone_once_it_persists_but_one_statistical_detector_never():
+    am = AlertManager()  # persist 30 s, at least 2 worthy samples
+    out = _feed(am, "a", T0, 5000, [["threshold"]] * 8)
+    assert [a is not None for a in out] == [False] * 6 + [True, False]  # at T0 + 30 s
+    out = _feed(am, "b", T0, 5000, [["loss"]] * 7)  # a loss run is timed already: at once
+    assert out[0] is not None and all(a is None for a in out[1:])
+    assert all(a is None for a in _feed(am, "c", T0, 5000, [["multivariate"]] * 20, comp=0.9))
+    out = _feed(am, "d", T0, 5000, [["multivariate", "changepoint"]] * 7, comp=0.7)
+    assert out[6] is not None
     strict = AlertManager(AlertConfig(min_evidence=3, standalone_evidence=()))
-    assert strict.observe("a", T0, ["threshold", "changepoint"], 0.9) is None
+    assert all(a is None for a in _feed(strict, "a", T0, 5000, [["threshold", "changepoint"]] * 20, comp=0.9))
 
 
-def test_dedup_escalation_and_new_episode_use_sample_timestamps(monkeypatch):
+def test_a_single_sample_alerts_only_at_a_critical_level():
+    am = AlertManager()
+    assert am.observe("a", T0, ["threshold"], 0.7) is None  # one late reply: no page
+    assert am.observe("a", T0 + 5000, [], 0.0) is None
+    a = am.observe("b", T0, ["threshold"], 1.0, critical=True)
+    assert a is not None and a.severity == "critical"
+
+
+def test_persistence_tolerates_short_gaps_but_not_sparse_blips():
+    am = AlertManager()
+    # evidence in 2 of every 3 samples for a minute: a real, flickering degradation
+    evs = [["threshold"] if i % 3 else [] for i in range(1, 14)]
+    assert any(a is not None for a in _feed(am, "a", T0, 5000, evs))
+    # isolated blips every 20 samples for an hour: benign noise, never an alert
+    evs = [["threshold"] if i % 20 == 0 else [] for i in range(720)]
+    assert all(a is None for a in _feed(am, "b", T0, 5000, evs))
+
+
+def test_dedup_escalation_resolution_and_new_episode_use_sample_timestamps(monkeypatch):
     import time
 
     monkeypatch.setattr(time, "time", lambda: (_ for _ in ()).throw(AssertionError("wall clock used")))
     monkeypatch.setattr(time, "monotonic", lambda: (_ for _ in ()).throw(AssertionError("wall clock used")))
-    am = AlertManager(AlertConfig(dedup_ms=60_000, severity={"major": 0.6, "critical": 0.85}))
-    a1 = am.observe("a", T0, ["threshold"], 0.55)
-    assert a1.severity == "warning" and not a1.escalation and a1.episode_start_ms == T0
-    assert am.observe("a", T0 + 5000, ["threshold"], 0.5) is None  # deduplicated
-    a2 = am.observe("a", T0 + 10_000, ["threshold"], 0.9)  # escalation inside the episode
-    assert a2.severity == "critical" and a2.escalation and a2.episode_start_ms == T0
-    assert am.observe("a", T0 + 15_000, ["threshold"], 0.9) is None
-    assert am.observe("a", T0 + 20_000, [], 0.0) is None
-    # quiet for more than dedup_ms (sample time): a new episode
-    a3 = am.observe("a", T0 + 90_000, ["threshold"], 0.55)
-    assert a3 is not None and not a3.escalation and a3.episode_start_ms == T0 + 90_000
-    # another endpoint has its own episode
-    assert am.observe("b", T0 + 15_000, ["loss"], 0.5) is not None
+    am = AlertManager(AlertConfig(dedup_s=60, persist_s=10, severity={"major": 0.6, "critical": 0.85}))
+    assert am.observe("a", T0, ["threshold"], 0.55) is None
+    assert am.observe("a", T0 + 5000, ["threshold"], 0.55) is None
+    a1 = am.observe("a", T0 + 10_000, ["threshold"], 0.55)
+    assert a1.severity == "warning" and not a1.escalation and a1.episode_start_ms == T0 + 10_000
+    assert am.observe("a", T0 + 15_000, ["threshold"], 0.5) is None  # deduplicated
+    a2 = am.observe("a", T0 + 20_000, ["threshold"], 0.9)  # escalation inside the episode
+    assert a2.severity == "critical" and a2.escalation and a2.episode_start_ms == T0 + 10_000
+    assert am.observe("a", T0 + 25_000, ["threshold"], 0.9) is None
+    for t in range(30_000, 90_000, 5000):
+        assert am.observe("a", T0 + t, [], 0.0) is None
+    assert am.resolutions == []  # quiet for 60 s, not more
+    assert am.observe("a", T0 + 90_000, [], 0.0) is None
+    (r,) = am.resolutions
+    assert (r.episode_start_ms, r.end_ms, r.resolved_ms, r.reason, r.severity, r.alerts) == (
+        T0 + 10_000, T0 + 25_000, T0 + 90_000, "recovered", "critical", 2)
+    assert r.to_dict()["episode_start"] == "2026-01-01T00:00:10Z"
+    # a new episode needs its own persistent run
+    assert am.observe("a", T0 + 95_000, ["threshold"], 0.55) is None
+    assert am.observe("a", T0 + 100_000, ["threshold"], 0.55) is None
+    a3 = am.observe("a", T0 + 105_000, ["threshold"], 0.55)
+    assert a3 is not None and not a3.escalation and a3.episode_start_ms == T0 + 105_000
 
 
 def test_hold_down_requires_the_condition_to_last():
-    am = AlertManager(AlertConfig(hold_down_ms=10_000))
-    assert am.observe("a", T0, ["threshold"], 0.6) is None
-    assert am.observe("a", T0 + 5000, ["threshold"], 0.6) is None
-    assert am.observe("a", T0 + 10_000, ["threshold"], 0.6) is not None
-    # a blip shorter than the hold-down never alerts
-    am2 = AlertManager(AlertConfig(hold_down_ms=10_000))
-    for i, ev in enumerate([["threshold"], ["threshold"], [], ["threshold"], ["threshold"], []]):
-        assert am2.observe("a", T0 + 5000 * i, ev, 0.6) is None
+    am = AlertManager(AlertConfig(hold_down_s=60, persist_s=0))
+    out = _feed(am, "a", T0, 5000, [["threshold"]] * 13)
+    assert [a is not None for a in out] == [False] * 12 + [True]
+    am2 = AlertManager(AlertConfig(hold_down_s=60, persist_s=0, gap_s=0))
+    evs = ([["threshold"]] * 10 + [[]] * 3) * 5  # runs of 50 s broken by 15 s of clean samples
+    assert all(a is None for a in _feed(am2, "a", T0, 5000, evs))
+
+
+def test_legacy_millisecond_keys_are_read_as_seconds():
+    cfg = DetectionConfig.from_dict({"alerts": {"dedup_ms": 60_000, "hold_down_ms": 10_000}})
+    assert (cfg.alerts.dedup_s, cfg.alerts.hold_down_s) == (60.0, 10.0)
+    with pytest.raises(ValueError, match="dedup_s or dedup_ms"):
+        DetectionConfig.from_dict({"alerts": {"dedup_ms": 1, "dedup_s": 1}})
+
+
+@pytest.mark.parametrize("interval_s", [5, 240])
+def test_same_config_same_decisions_at_5_s_and_240_s(interval_s):
+    """A one-sample spike, then a shift lasting 2 h, then recovery: the same story at both rates."""
+    am = AlertManager()
+    n = int(6 * 3600 / interval_s)
+    start, end = n // 3, n // 3 + int(2 * 3600 / interval_s)
+    evs = [["threshold"] if (i == 10 or start <= i < end) else [] for i in range(n)]
+    out = _feed(am, "a", T0, interval_s * 1000, evs)
+    alerts = [i for i, a in enumerate(out) if a is not None]
+    assert len(alerts) == 1 and start < alerts[0] <= start + max(2, 30 // interval_s + 1)
+    (r,) = am.resolutions
+    assert r.end_ms == T0 + (end - 1) * interval_s * 1000 and r.reason == "recovered"
 
 
 def test_replay_with_shifted_timestamps_gives_the_same_alerts():
-    seq = [(0, ["threshold"], 0.55), (5000, ["threshold"], 0.9), (400_000, ["loss"], 0.5), (405_000, [], 0.1), (410_000, ["loss", "changepoint"], 0.7)]
+    seq = [(t, ["threshold"], 0.55) for t in range(0, 40_000, 5000)] + [(40_000, ["threshold"], 0.9)]
+    seq += [(t, [], 0.1) for t in range(45_000, 400_000, 5000)]
+    seq += [(t, ["loss", "changepoint"], 0.7) for t in range(400_000, 440_000, 5000)]
 
     def run(offset):
         am = AlertManager()
         out = []
         for t, ev, c in seq:
             a = am.observe("x", T0 + offset + t, ev, c)
-            out.append(None if a is None else (a.timestamp_ms - offset, a.severity, a.escalation))
-        return out
+            if a is not None:
+                out.append((a.timestamp_ms - offset, a.severity, a.escalation))
+        return out, [(r.episode_start_ms - offset, r.resolved_ms - offset) for r in am.resolutions]
 
     first = run(0)
     assert first == run(86_400_000)
-    # warning, escalation to critical, new episode after > 5 min of quiet, escalation to major
-    assert [a and a[1:] for a in first] == [("warning", False), ("critical", True), ("warning", False), None, ("major", True)]
+    # warning after 30 s, escalation to critical, resolution after 5 min of quiet, a new episode
+    assert [a[1:] for a in first[0]] == [("warning", False), ("critical", True), ("major", False)]
+    assert len(first[1]) == 1
 
 
 # ----------------------------------------------------------------------------- config

@@ -51,8 +51,11 @@ def test_unlabelled_files_train_report_and_detect(tmp_path):
 def test_ocad_detect_reads_long_files_with_units_and_a_signal_map(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     scores = tmp_path / "s.parquet"
-    rc = detect_main([str(FIXTURES / "recorded_rtt_long.csv"), "--signal-map", "rtt=udp_echo_rtt_ms", "--model-dir", str(tmp_path / "none"),
-                      "--alerts", str(tmp_path / "a.jsonl"), "--scores", str(scores), "--no-progress"], stdout=out, stderr=err)
+    # absolute thresholds (in ms) make a unit mistake visible; relative ones would adapt to it
+    cfg = tmp_path / "abs.yaml"
+    cfg.write_text("detection:\n  rules: {mode: absolute}\n")
+    rc = detect_main([str(FIXTURES / "recorded_rtt_long.csv"), "--config", str(cfg), "--signal-map", "rtt=udp_echo_rtt_ms",
+                      "--model-dir", str(tmp_path / "none"), "--alerts", str(tmp_path / "a.jsonl"), "--scores", str(scores), "--no-progress"], stdout=out, stderr=err)
     assert rc == 0, err.getvalue()
     frame = pd.read_parquet(scores)
     assert len(frame) == 720 and (frame["status"] == "ok").all()
@@ -62,7 +65,7 @@ def test_ocad_detect_reads_long_files_with_units_and_a_signal_map(tmp_path):
     # the same file without its unit column is read as ms: 4135 "ms" trips the rules everywhere
     raw = pd.read_csv(FIXTURES / "recorded_rtt_long.csv").drop(columns=["unit"])
     raw.to_csv(tmp_path / "no_unit.csv", index=False)
-    rc = detect_main([str(tmp_path / "no_unit.csv"), "--signal-map", "rtt=udp_echo_rtt_ms", "--model-dir", str(tmp_path / "none"),
+    rc = detect_main([str(tmp_path / "no_unit.csv"), "--config", str(cfg), "--signal-map", "rtt=udp_echo_rtt_ms", "--model-dir", str(tmp_path / "none"),
                       "--alerts", str(tmp_path / "b.jsonl"), "--scores", str(tmp_path / "t.parquet"), "--no-progress"],
                      stdout=io.StringIO(), stderr=io.StringIO())
     unconverted = (pd.read_parquet(tmp_path / "t.parquet")["score_rule"] >= 0.5).mean()

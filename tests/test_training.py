@@ -1,6 +1,7 @@
 """Trainers without Dagster: data preparation, reproducibility, early stopping, scaler,
 calibration, metrics, and numpy-vs-torch / numpy-vs-sklearn equivalence through the registry."""
 
+import dataclasses
 import json
 import math
 
@@ -280,7 +281,49 @@ def test_cross_validation_report(tiny_forest):
         assert s["held_out_score_mean"]["std"] >= 0
 
 
-def test_threshold_is_calibrated_on_validation_only(splits, tiny_forest):
+@pytest.fixture(scope="module")
+def two_day_splits():
+    """Two days, so validation and test see the same hours of the daily cycle."""
+    from ocad_pipeline.simulator import SimulatorConfig, simulate
+
+    sim = simulate(SimulatorConfig(n_oru=2, n_odu=1, n_transport=1, duration_hours=48, incidents_per_endpoint_day=2, seed=11))
+    cfg = ds.SplitConfig()
+    return ds.multivariate_splits(sim.samples, sim.endpoints, ds.reference_stats(sim.samples, cfg), cfg)
+
+
+@pytest.mark.parametrize("rate", [0.002, 0.01])
+def test_budget_threshold_comes_from_healthy_validation_rows_and_holds_on_unseen_healthy_data(two_day_splits, rate):
+    mv = two_day_splits
+    params = dataclasses.replace(TINY_IF, n_estimators=50, target_rate=rate)
+    result = train_isolation_forest(mv, params)
+    sources = set()
+    for g, m in result.groups.items():
+        val = mv["val"][mv["val"]["capabilities"] == g]
+        healthy = ~(val["is_anomaly"].to_numpy(bool) | val["window_anomalous"].to_numpy(bool))
+        cal = m.calibration
+        assert cal["method"] == "budget" and cal["target_rate"] == rate and m.metadata()["calibration"] == cal
+        sources.add(cal["pooled_source"])
+        if cal["pooled_source"] == "healthy validation rows":
+            scores = m.anomaly_score(group_matrix(val, m.features))
+            assert m.threshold == pytest.approx(np.quantile(scores[healthy], 1 - rate, method="higher"))
+        else:  # too few validation rows: out-of-fold training scores, never a few dozen rows
+            assert cal["pooled_rows"] >= 500
+        # the budget holds on healthy test rows nobody calibrated on (within sampling noise)
+        t = mv["test"]
+        test = t[(t["capabilities"] == g) & ~t["is_anomaly"].astype(bool) & ~t["window_anomalous"].astype(bool)]
+        observed = float(np.mean(m.anomaly_score(group_matrix(test, m.features)) > m.threshold))
+        assert observed <= max(2.5 * rate, 3 / len(test)), (g, observed, len(test))
+    assert sources == {"healthy validation rows", "out-of-fold scores of the normal training rows (k-fold CV)"}
+    # anomalous validation rows do not move the threshold (no F1 fitted on a few dozen rows)
+    only_healthy = {**mv, "val": mv["val"][~mv["val"]["is_anomaly"].astype(bool)]}
+    g = "ecpri+lbm+udp_echo"
+    assert train_isolation_forest(only_healthy, params).groups[g].threshold == result.groups[g].threshold
+
+
+def test_threshold_is_calibrated_on_validation_only(splits):
+    f1_params = dataclasses.replace(TINY_IF, threshold_strategy="f1")
+    tiny_forest = train_isolation_forest(splits["multivariate"], f1_params)
+    TINY_F1 = f1_params
     mv = splits["multivariate"]
     g = "ecpri+lbm+udp_echo"
     m = tiny_forest.groups[g]
@@ -291,9 +334,9 @@ def test_threshold_is_calibrated_on_validation_only(splits, tiny_forest):
     assert m.validation["f1"] == pytest.approx(f1)
     # changing the test split changes nothing; without validation anomalies -> quantile
     changed = {**mv, "test": mv["test"].iloc[:10]}
-    assert train_isolation_forest(changed, TINY_IF).groups[g].threshold == m.threshold
+    assert train_isolation_forest(changed, TINY_F1).groups[g].threshold == m.threshold
     no_anom = {**mv, "val": mv["val"].assign(is_anomaly=False)}
-    q = train_isolation_forest(no_anom, TINY_IF).groups[g]
+    q = train_isolation_forest(no_anom, TINY_F1).groups[g]
     assert q.threshold == pytest.approx(np.quantile(scores, 0.99)) and "quantile" in q.threshold_method
 
 

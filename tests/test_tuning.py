@@ -197,7 +197,7 @@ def test_search_space_maps_onto_the_trainers():
     }
     assert tn.tcn_optuna_params(TCNParams(dilations=(1, 3))) is None  # outside the space: not enqueued
     p = tn.iforest_optuna_params(IsolationForestParams())
-    assert p == {"n_estimators": 200, "max_samples": "auto", "max_features": 1.0, "threshold_strategy": "f1"}
+    assert p == {"n_estimators": 200, "max_samples": "auto", "max_features": 1.0, "threshold_strategy": "budget"}
     q = tn.iforest_trainer_params({**p, "max_samples": "512", "threshold_strategy": "quantile", "threshold_quantile": 0.95})
     assert q["max_samples"] == "512" and q["threshold_quantile"] == 0.95
 

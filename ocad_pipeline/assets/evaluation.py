@@ -38,6 +38,8 @@ class QualityGateConfig(dg.Config):
     false_alarm_rate: float = _T.false_alarm_rate
     roc_auc: float = _T.roc_auc
     mttd_seconds: float = _T.mttd_seconds
+    false_alerts_per_endpoint_day: float = _T.false_alerts_per_endpoint_day
+    incident_recall: float = _T.incident_recall
     lead_time_minutes: float = _T.lead_time_minutes
     latency_p95_ms: float = _T.latency_p95_ms
     model_size_mb: float = _T.model_size_mb
@@ -83,7 +85,20 @@ def _detection_table(report: dict) -> str:
     rows.append(
         f"| **alerts** (system) | – | – | – | – | – | – | {_fmt(a['precision'])} | {_fmt(a['recall'])} | {_fmt(a['f1_score'])} | {_fmt(a['mttd_seconds'])} |"
     )
-    return "\n".join(rows) + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples is one predicted event."
+    head = [
+        "| alert episodes | false alerts / endpoint-day | incident recall | incidents found | MTTD median s | MTTD mean s | lead time P50 min |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {a['predicted_events']} | **{_fmt(a['false_alarms_per_endpoint_day'])}** | **{_fmt(a['recall'])}** | "
+        f"{a['detected']} / {a['incidents']} | {_fmt(a.get('mttd_median_seconds'))} | {_fmt(a['mttd_seconds'])} | {_fmt(a['lead_time_p50_minutes'])} |",
+    ]
+    types = ["", "| incident type | incidents | found | recall | MTTD median s |", "|---|---:|---:|---:|---:|"]
+    for typ, t in (a.get("per_type") or {}).items():
+        types.append(f"| {typ} | {t['incidents']} | {t['detected']} | {_fmt(t['recall'])} | {_fmt(t['mttd_median_seconds'])} |")
+    return (
+        "\n".join(head) + "\n" + "\n".join(types) + "\n\n" + "\n".join(rows)
+        + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples "
+        "(for the system: an alert episode) is one predicted event."
+    )
 
 
 def _gate_table(g: dict, cand: dict) -> str:
@@ -91,7 +106,8 @@ def _gate_table(g: dict, cand: dict) -> str:
     t = g["targets"]
     rows = ["| metric | candidate | target |", "|---|---:|---:|"]
     if ad.get("available", True):
-        for k, tk, sign in (("precision", "precision", ">"), ("recall", "recall", ">"), ("f1_score", "f1", ">"),
+        for k, tk, sign in (("false_alerts_per_endpoint_day", "false_alerts_per_endpoint_day", "<="),
+                            ("incident_recall", "incident_recall", ">="), ("precision", "precision", ">"), ("recall", "recall", ">"), ("f1_score", "f1", ">"),
                             ("false_alarm_rate", "false_alarm_rate", "<"), ("roc_auc", "roc_auc", ">")):
             rows.append(f"| {k} | {_fmt(ad[k])} | {sign} {t[tk]} |")
     for k, tk, sign in (("mttd_seconds", "mttd_seconds", "<"), ("lead_time_minutes", "lead_time_minutes", ">="),
@@ -226,6 +242,8 @@ def performance_reports(
         ep = config.timeline_endpoint or str(incidents[incidents["endpoint_id"].isin(test["endpoint_id"].unique())]["endpoint_id"].mode().iloc[0])
         md["timeline"] = dg.MetadataValue.md(_timeline(scored, test.reset_index(drop=True), incidents, ep, report["detectors"]["composite"]["threshold"]))
         md["f1_event_alerts"] = report["anomaly_detection"]["f1_score"]
+        md["false_alerts_per_endpoint_day"] = report["anomaly_detection"]["false_alerts_per_endpoint_day"]
+        md["incident_recall"] = report["anomaly_detection"]["incident_recall"]
         md["mttd_seconds"] = report["operational_metrics"]["mttd_seconds"] if report["operational_metrics"]["mttd_seconds"] is not None else float("nan")
     else:
         md["detection"] = dg.MetadataValue.md("_the data has no labels: detection metrics are not available_")

@@ -71,6 +71,8 @@ class TCNTrainingConfig(dg.Config):
     seed: int = 0
     max_train_windows: int = 0
     num_threads: int = 1
+    #: share of healthy samples allowed above the budget-calibrated residual threshold
+    target_rate: float = 0.002
 
     def to_params(self) -> TCNParams:
         d = self.model_dump()
@@ -84,9 +86,11 @@ class IsolationForestConfig(dg.Config):
     """Hyperparameters of the Isolation Forest (one forest per capability group).
 
     ``max_samples``: "auto" (= min(256, rows)) or a row count as a string, e.g. "512".
-    ``threshold_strategy``: "f1" (maximize F1 on validation labels; falls back to the quantile
-    when a group's validation rows hold no anomaly) or "quantile" (``threshold_quantile`` of
-    normal validation scores).
+    ``threshold_strategy``: "budget" (default: the ``1 - target_rate`` quantile of healthy
+    validation scores, per endpoint where there are rows enough, else pooled per capability
+    group; groups with too few validation rows use out-of-fold training scores), "f1" (maximize
+    F1 on validation labels; falls back to the quantile when a group's validation rows hold no
+    anomaly) or "quantile" (``threshold_quantile`` of normal validation scores).
 
     ``use_tuned_params``: take n_estimators, max_samples, max_features and the threshold rule
     from the best trial of the Optuna study (``data/tuning/isolation_forest_hyperparameters.json``,
@@ -98,8 +102,9 @@ class IsolationForestConfig(dg.Config):
     n_estimators: int = 200
     max_samples: str = "auto"
     max_features: float = 1.0
-    threshold_strategy: str = "f1"
+    threshold_strategy: str = "budget"
     threshold_quantile: float = 0.99
+    target_rate: float = 0.002
     cv_folds: int = 5
     seed: int = 0
 
@@ -268,6 +273,7 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
             "n_train_windows": result.n_train_windows,
             "train_seconds": float(result.train_seconds),
             "report": report,  # pickled as is (NaN stays NaN, as in the tables)
+            "calibration": meta["residual_scale"]["calibration"],
             "params": params.to_dict(),
             "hyperparameters_source": prov["hyperparameters_source"],
             "tuning_study": f"{tuning['study_name']} (trial {tuning['best_trial']})" if tuning is not None else None,
@@ -288,6 +294,8 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run,
                 "best_val_loss": float(result.best_val_loss),
+                "residual_threshold_sigma": float(summary["calibration"]["pooled"]),
+                "calibration": dg.MetadataValue.json(summary["calibration"]),
                 "train_seconds": round(result.train_seconds, 2),
                 "step_seconds": round(summary["step_seconds"], 2),
                 "hyperparameters_source": prov["hyperparameters_source"],
@@ -331,6 +339,7 @@ def tcn_models_report(
                 f"{m}/train_seconds": round(s["train_seconds"], 2),
                 f"{m}/test_mse_vs_last_value": _ratio(s["report"]["tcn"]["mse"], s["report"]["last_value"]["mse"]),
                 f"{m}/test_r2": float(s["report"]["tcn"]["r2"]),
+                f"{m}/residual_threshold_sigma": float(s["calibration"]["pooled"]),
                 f"{m}/hyperparameters_source": s["hyperparameters_source"],
             }
         )
@@ -362,6 +371,7 @@ def tcn_models_report(
             )
         ),
         "learning_curves": dg.MetadataValue.md(_learning_curves(by_metric)),
+        "calibration": dg.MetadataValue.md(_residual_calibration_table(by_metric)),
         "models": dg.MetadataValue.md(_versions_table(rows)),
         "registry_root": dg.MetadataValue.path(str(model_registry.get_registry().root)),
         "data_version": summaries[0]["data_version"],
@@ -397,6 +407,36 @@ def tcn_models(timeseries_splits):
 
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b and math.isfinite(b) else float("nan")
+
+
+def _residual_calibration_table(by_metric) -> str:
+    out = [
+        "Residual thresholds calibrated to a false-alert budget: the (1 - target rate) quantile of the one-sided "
+        "residual (σ) on healthy validation windows; per endpoint where it has enough windows, else pooled.\n",
+        "| metric | target rate | pooled threshold σ | healthy windows | endpoints with their own | observed rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m, s in by_metric.items():
+        c = s["calibration"]
+        out.append(f"| {m} | {c['target_rate']:.3%} | {c['pooled']:.2f} | {c['pooled_rows']} | {len(c['per_endpoint'])} | "
+                   f"{c['pooled_rate_observed']:.3%} |")
+    return "\n".join(out)
+
+
+def _calibration_table(result) -> str:
+    out = [
+        "Isolation Forest thresholds calibrated to a false-alert budget (share of healthy rows above the threshold).\n",
+        "| group | method | target rate | pooled threshold | calibrated on | rows | endpoints with their own |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for g, m in result.groups.items():
+        c = m.calibration
+        if c:
+            out.append(f"| {g} | budget | {c['target_rate']:.3%} | {c['pooled']:.4f} | {c['pooled_source']} | {c['pooled_rows']} | "
+                       f"{len(c['per_endpoint'])} |")
+        else:
+            out.append(f"| {g} | {m.threshold_method} | – | {m.threshold:.4f} | validation | – | 0 |")
+    return "\n".join(out)
 
 
 def _group_table(result) -> str:
@@ -451,8 +491,8 @@ def isolation_forest_model(
 ) -> dg.MaterializeResult:
     """Isolation Forest per capability group (e.g. ecpri+lbm+udp_echo, lbm): scaler + scikit-learn
     IsolationForest fitted on normal training feature vectors of the shared feature engine,
-    5-fold cross-validation (score stability across folds), decision threshold calibrated on
-    the validation split only. Registered as a new version of isolation_forest
+    5-fold cross-validation (score stability across folds), decision threshold calibrated to a
+    false-alert budget on healthy validation rows (per endpoint where there are rows enough). Registered as a new version of isolation_forest
     (forest.safetensors with the exported trees of every group + metadata.json with features,
     scalers, thresholds, feature config and reference statistics). With use_tuned_params:
     true the forest size, subsample, feature share and threshold rule come from the Optuna
@@ -486,6 +526,7 @@ def isolation_forest_model(
             "each fold refits scaler + forest. Scores are -score_samples (higher = more anomalous).\n\n" + _cv_table(result)
         ),
         "thresholds": dg.MetadataValue.json({g: {"threshold": m.threshold, "method": m.threshold_method} for g, m in result.groups.items()}),
+        "calibration": dg.MetadataValue.md(_calibration_table(result)),
         "skipped_groups": dg.MetadataValue.json(result.skipped),
         "feature_config": dg.MetadataValue.json(fcfg.to_dict()),
         "data_version": prov["data_version"],

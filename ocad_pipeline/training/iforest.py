@@ -39,6 +39,7 @@ from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature
 from ocad_detectors.registry import save_arrays
 from ocad_pipeline.models.iforest_export import export_isolation_forest
 from ocad_pipeline.training import json_safe
+from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
 from ocad_pipeline.training.metrics import best_f1_threshold, classification_metrics, roc_auc
 
 __all__ = [
@@ -69,9 +70,13 @@ class IsolationForestParams:
     #: "auto" (= min(256, n)) or a number of rows per tree
     max_samples: str | int = "auto"
     max_features: float = 1.0
-    #: "f1": maximize F1 on validation labels (quantile fallback without anomalies); "quantile"
-    threshold_strategy: str = "f1"
+    #: "budget": the (1 - target_rate) quantile of healthy validation scores, per endpoint where
+    #: there are rows enough (see training.calibration); "f1": maximize F1 on validation labels
+    #: (quantile fallback without anomalies); "quantile": threshold_quantile of normal scores
+    threshold_strategy: str = "budget"
     threshold_quantile: float = 0.99
+    #: share of healthy samples allowed above the threshold ("budget" strategy)
+    target_rate: float = DEFAULT_TARGET_RATE
     cv_folds: int = 5
     seed: int = 0
 
@@ -85,8 +90,10 @@ class IsolationForestParams:
             raise ValueError("max_samples must be >= 2")
         if not 0.0 < self.max_features <= 1.0:
             raise ValueError("max_features must be in (0, 1]")
-        if self.threshold_strategy not in ("f1", "quantile"):
-            raise ValueError(f"threshold_strategy must be 'f1' or 'quantile', got {self.threshold_strategy!r}")
+        if self.threshold_strategy not in ("budget", "f1", "quantile"):
+            raise ValueError(f"threshold_strategy must be 'budget', 'f1' or 'quantile', got {self.threshold_strategy!r}")
+        if not 0.0 < self.target_rate < 0.5:
+            raise ValueError(f"target_rate must be in (0, 0.5), got {self.target_rate}")
         if not 0.0 < self.threshold_quantile < 1.0:
             raise ValueError("threshold_quantile must be in (0, 1)")
         if self.cv_folds < 2:
@@ -148,6 +155,8 @@ class GroupModel:
     train_seconds: float
     #: the same metrics on the test split (reported only; nothing is calibrated on it)
     test: dict[str, Any] = field(default_factory=dict)
+    #: the budget calibration record (pooled and per-endpoint thresholds), if that strategy ran
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def anomaly_score(self, X: np.ndarray) -> np.ndarray:
         """``-score_samples`` of the scaled features (higher = more anomalous)."""
@@ -162,6 +171,8 @@ class GroupModel:
             "scaler": self.scaler.to_dict(),
             "threshold": float(self.threshold),
             "threshold_method": self.threshold_method,
+            "endpoint_thresholds": dict(self.calibration.get("per_endpoint", {})),
+            "calibration": self.calibration,
             "n_train": int(self.n_train),
             "cv": self.cv,
         }
@@ -217,21 +228,40 @@ def fit_group(
 
     scaler, forest = _fit(X, params)
     val_scores = -forest.score_samples(scaler.transform(Xv)) if len(Xv) else np.empty(0)
-    if len(Xv):
+
+    # k-fold CV over the normal training rows, shuffled with the seed; the held-out scores are
+    # honest healthy scores (no forest saw its own rows), the budget calibration's fallback pool
+    rng = np.random.default_rng(params.seed)
+    folds = np.array_split(rng.permutation(len(X)), params.cv_folds)
+    oof = np.empty(len(X))
+    fold_scores = []
+    for k, held in enumerate(folds):
+        fit_idx = np.setdiff1d(np.arange(len(X)), held, assume_unique=True)
+        f_scaler, f_forest = _fit(X[fit_idx], params, seed=params.seed + k + 1)
+        oof[held] = -f_forest.score_samples(f_scaler.transform(X[held]))
+        fv = -f_forest.score_samples(f_scaler.transform(Xv)) if len(Xv) else None
+        fold_scores.append((k, fit_idx, held, fv))
+
+    calibration: dict[str, Any] = {}
+    if params.threshold_strategy == "budget":
+        # healthy = the whole feature window is normal (a window touching an incident is not)
+        healthy = ~(val["window_anomalous"].to_numpy(dtype=bool) | yv) if "window_anomalous" in val else ~yv
+        calibration = budget_calibration(
+            val_scores[healthy], val["endpoint_id"].to_numpy()[healthy] if len(Xv) else np.empty(0, dtype=object),
+            params.target_rate, fallback=oof, fallback_source="out-of-fold scores of the normal training rows (k-fold CV)",
+        )
+        threshold = calibration["pooled"]
+        method = f"budget: {params.target_rate:.2%} of {calibration['pooled_source']} above it ({calibration['pooled_rows']} rows)"
+    elif len(Xv):
         threshold, method = _calibrate(val_scores, yv, params)
     else:  # no validation rows: fall back to the training scores (documented in the method)
         train_scores = -forest.score_samples(scaler.transform(X))
         threshold = float(np.quantile(train_scores, params.threshold_quantile))
         method = f"{params.threshold_quantile:.0%} quantile of normal training scores (no validation rows)"
 
-    # k-fold CV over the normal training rows, shuffled with the seed
-    rng = np.random.default_rng(params.seed)
-    folds = np.array_split(rng.permutation(len(X)), params.cv_folds)
     per_fold = []
-    for k, held in enumerate(folds):
-        fit_idx = np.setdiff1d(np.arange(len(X)), held, assume_unique=True)
-        f_scaler, f_forest = _fit(X[fit_idx], params, seed=params.seed + k + 1)
-        held_scores = -f_forest.score_samples(f_scaler.transform(X[held]))
+    for k, fit_idx, held, fv in fold_scores:
+        held_scores = oof[held]
         fold: dict[str, Any] = {
             "fold": k,
             "n_fit": int(len(fit_idx)),
@@ -240,8 +270,7 @@ def fit_group(
             "held_out_score_p99": float(np.quantile(held_scores, 0.99)),
             "held_out_above_threshold": float(np.mean(held_scores > threshold)),
         }
-        if len(Xv):
-            fv = -f_forest.score_samples(f_scaler.transform(Xv))
+        if fv is not None:
             fold["val_roc_auc"] = roc_auc(yv, fv)
             fold["val_rank_corr_with_final"] = _spearman(fv, val_scores)
         per_fold.append(fold)
@@ -260,6 +289,7 @@ def fit_group(
         forest=forest,
         threshold=threshold,
         threshold_method=method,
+        calibration=calibration,
         n_train=int(len(X)),
         cv=cv,
         validation=validation,
@@ -340,12 +370,14 @@ def iforest_version_payload(
         "feature_config": feature_config.to_dict(),
         "groups": {g: m.metadata() for g, m in result.groups.items()},
         "score": "-score_samples((x - scaler.mean) / scaler.std); anomalous when score > threshold",
-        "threshold_calibration": (
-            "validation split only: threshold maximizing point-wise F1 against is_anomaly when the group's "
-            "validation rows contain anomalies, else the threshold_quantile of normal validation scores"
-            if result.params.threshold_strategy == "f1"
-            else "validation split only: threshold_quantile of normal validation scores"
-        ),
+        "threshold_calibration": {
+            "budget": f"to a false-alert budget: the {1 - result.params.target_rate:.2%} quantile of healthy validation "
+            "scores per capability group (per endpoint where it has enough healthy rows; groups with too few "
+            "validation rows use out-of-fold scores of their normal training rows); see groups.*.calibration",
+            "f1": "validation split only: threshold maximizing point-wise F1 against is_anomaly when the group's "
+            "validation rows contain anomalies, else the threshold_quantile of normal validation scores",
+            "quantile": "validation split only: threshold_quantile of normal validation scores",
+        }[result.params.threshold_strategy],
         "reference_stats": reference_stats_records(reference_stats),
         "training_date": provenance["training_date"],
         "config": result.params.to_dict(),

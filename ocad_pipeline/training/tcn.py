@@ -39,6 +39,7 @@ import torch
 
 from ocad_detectors.registry import save_arrays
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES
+from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
 from ocad_pipeline.models.tcn_torch import TCNForecaster, count_parameters, export_tcn, tcn_architecture
 from ocad_pipeline.training import json_safe
 from ocad_pipeline.training.metrics import forecast_metrics
@@ -93,6 +94,8 @@ class TCNParams:
     max_train_windows: int | None = None
     #: torch intra-op threads while training (fixed for reproducibility)
     num_threads: int = 1
+    #: share of healthy samples allowed above the calibrated residual threshold
+    target_rate: float = DEFAULT_TARGET_RATE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
@@ -110,6 +113,8 @@ class TCNParams:
             raise ValueError("max_train_windows must be >= 1 (or None for all windows)")
         if self.num_threads < 1:
             raise ValueError("num_threads must be >= 1")
+        if not 0.0 < self.target_rate < 0.5:
+            raise ValueError(f"target_rate must be in (0, 0.5), got {self.target_rate}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -400,10 +405,13 @@ def evaluate_forecasts(result: TCNTrainResult, windows: MetricWindows, split: st
     return report
 
 
-def residual_scale(result: TCNTrainResult, windows: MetricWindows, split: str = "val") -> dict[str, Any]:
+def residual_scale(
+    result: TCNTrainResult, windows: MetricWindows, split: str = "val", target_rate: float = DEFAULT_TARGET_RATE
+) -> dict[str, Any]:
     """Std of ``target - prediction`` (signal units) on normal ``split`` windows: pooled and per
     endpoint (endpoints with fewer than 2 windows or a zero std are left out; detectors use the
-    pooled value for them)."""
+    pooled value for them), and the ``calibration`` of the one-sided residual threshold (σ) to
+    the false-alert budget ``target_rate`` on the same healthy windows (see training.calibration)."""
     X, y, eps = windows.X[split], windows.y[split], windows.endpoints[split]
     resid = y - predict(result.model, result.scaler, X)
     per_endpoint = {}
@@ -415,7 +423,16 @@ def residual_scale(result: TCNTrainResult, windows: MetricWindows, split: str = 
     pooled = float(resid.std()) if resid.size >= 2 else math.nan
     if not (math.isfinite(pooled) and pooled > 0):
         raise ValueError(f"tcn_{windows.metric_type}: cannot estimate the residual scale from {resid.size} {split} windows")
-    return {"pooled": pooled, "per_endpoint": per_endpoint}
+    eps_s = eps.astype(str)
+    scale = np.array([per_endpoint.get(e, pooled) for e in eps_s.tolist()])
+    calibration = budget_calibration(
+        resid / scale, eps_s, target_rate, source=f"healthy {split} windows (residual in σ of the endpoint's scale)",
+        min_endpoint_rows=1000,
+    )
+    # a threshold below 1 σ would make ordinary forecast errors evidence; keep a floor
+    calibration["pooled"] = max(calibration["pooled"], 1.0)
+    calibration["per_endpoint"] = {k: max(v, 1.0) for k, v in calibration["per_endpoint"].items()}
+    return {"pooled": pooled, "per_endpoint": per_endpoint, "calibration": calibration}
 
 
 def tcn_version_payload(
@@ -436,7 +453,7 @@ def tcn_version_payload(
         "signal": METRIC_SIGNAL[result.metric_type],
         "architecture": tcn_architecture(result.model),
         "scaler": result.scaler.to_dict(),
-        "residual_scale": residual_scale(result, windows, "val"),
+        "residual_scale": residual_scale(result, windows, "val", result.params.target_rate),
         "training_date": provenance["training_date"],
         "config": result.params.to_dict(),
         "hyperparameters_source": provenance.get("hyperparameters_source", "defaults"),

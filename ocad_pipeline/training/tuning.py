@@ -119,7 +119,7 @@ TCN_DROPOUT = (0.0, 0.3)
 IF_N_ESTIMATORS = (50, 400, 50)  # low, high, step
 IF_MAX_SAMPLES = ("auto", "128", "256", "512", "1024", "2048")
 IF_MAX_FEATURES = (0.3, 1.0)
-IF_THRESHOLD_STRATEGIES = ("f1", "quantile")
+IF_THRESHOLD_STRATEGIES = ("budget", "f1", "quantile")
 IF_THRESHOLD_QUANTILE = (0.90, 0.999)  # only when threshold_strategy == "quantile"
 
 TCN_SEARCH_SPACE = {
@@ -133,7 +133,7 @@ IFOREST_SEARCH_SPACE = {
     "n_estimators": f"{IF_N_ESTIMATORS[0]}-{IF_N_ESTIMATORS[1]} in steps of {IF_N_ESTIMATORS[2]}",
     "max_samples": f"one of {', '.join(IF_MAX_SAMPLES)} (rows per tree)",
     "max_features": f"uniform [{IF_MAX_FEATURES[0]}, {IF_MAX_FEATURES[1]}]",
-    "threshold_strategy": "f1 (max point-wise F1 on validation) or quantile",
+    "threshold_strategy": "budget (target rate of healthy validation rows), f1 (max point-wise F1 on validation) or quantile",
     "threshold_quantile": f"uniform [{IF_THRESHOLD_QUANTILE[0]}, {IF_THRESHOLD_QUANTILE[1]}] of normal validation "
     "scores (only with threshold_strategy = quantile)",
 }

@@ -1,0 +1,93 @@
+"""The alert policy end to end through DetectionPipeline (rules-only, no models): persistence,
+critical levels, resolution, time-based behaviour at 5 s and 240 s probes, batch == streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ocad_detectors.config import DetectionConfig
+from ocad_detectors.modelset import ModelSet
+from ocad_detectors.pipeline import DetectionPipeline
+
+T0 = 1_767_225_600_000
+
+
+def _rules_only() -> DetectionPipeline:
+    cfg = DetectionConfig.from_dict({"residual": {"enabled": False}, "multivariate": {"enabled": False}})
+    return DetectionPipeline(cfg, models=ModelSet())
+
+
+def _series(n: int, interval_s: float, base: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = T0 + (np.arange(n) * interval_s * 1000).astype(np.int64)
+    x = base * (1.0 + 0.03 * rng.standard_normal(n))
+    return ts, x
+
+
+def _frame(ts, x, ep="ep-1") -> pd.DataFrame:
+    return pd.DataFrame({"timestamp_ms": ts, "endpoint_id": ep, "udp_echo_rtt_ms": x})
+
+
+def _stream(pipe, frame):
+    return [pipe.process(r) for r in frame.to_dict("records")]
+
+
+def test_a_benign_spike_does_not_alert_but_a_sustained_shift_of_the_same_height_does():
+    ts, x = _series(2000, 5, 4.0)
+    spike = x.copy()
+    spike[500] = 4.0 * 3.5  # one late reply, 3.5x the baseline (below the 5x critical level)
+    res = _rules_only().score_frame(_frame(ts, spike))
+    assert res.scores["rule"][500] > 0.5 and not res.alerts  # evidence, but no page
+    shift = x.copy()
+    shift[500:900] = 4.0 * 3.5  # the same height for 2000 s
+    res = _rules_only().score_frame(_frame(ts, shift))
+    assert len(res.alerts) == 1
+    a = res.alerts[0]
+    assert T0 + 500 * 5000 < a.timestamp_ms <= T0 + 510 * 5000  # after persisting 30 s
+    assert a.explanation[0].evidence == "threshold" and "2026-01-01T" in a.message
+    assert len(res.resolutions) == 1
+    r = res.resolutions[0]
+    assert r.end_ms == T0 + 899 * 5000 and r.resolved_ms > r.end_ms and r.reason == "recovered"
+
+
+def test_a_critical_level_alerts_on_the_first_sample():
+    ts, x = _series(200, 5, 4.0)
+    x[100] = 4.0 * 8  # past the critical level (5x the baseline)
+    res = _rules_only().score_frame(_frame(ts, x))
+    assert [a.timestamp_ms for a in res.alerts] == [int(ts[100])] and res.alerts[0].severity == "critical"
+
+
+@pytest.mark.parametrize("interval_s", [5, 240])
+def test_the_same_config_decides_the_same_at_5_s_and_240_s(interval_s):
+    """Same story in sample time: spikes, a 3 h shift, a 1 h loss of replies; 300 ms baseline."""
+    hours = 24
+    n = int(hours * 3600 / interval_s)
+    ts, x = _series(n, interval_s, 300.0, seed=1)
+    at = lambda h: int(h * 3600 / interval_s)  # noqa: E731 - index of hour h
+    for h in (1.0, 2.5, 4.0):
+        x[at(h)] = 300.0 * 3  # isolated benign spikes
+    x[at(6) : at(9)] = 300.0 * 3  # a lasting degradation
+    x[at(14) : at(15)] = np.nan  # replies lost for an hour
+    res = _rules_only().score_frame(_frame(ts, x))
+    starts = [(a.timestamp_ms - T0) / 3.6e6 for a in res.alerts if not a.escalation]
+    assert len(starts) == 2
+    late = max(35, 2 * interval_s) / 3600  # persistence (30 s) or one more probe, whichever is longer
+    assert 6 <= starts[0] <= 6 + late and 14 <= starts[1] <= 14 + late + interval_s / 3600
+    assert [r.reason for r in res.resolutions] == ["recovered", "recovered"]
+
+
+def test_batch_equals_streaming_for_alerts_and_resolutions():
+    ts, x = _series(3000, 5, 6.0, seed=4)
+    x[400:600] *= 3.0
+    x[1000] *= 9.0
+    x[1500:1530] = np.nan
+    x[2000:2600] = np.linspace(6.0, 40.0, 600)
+    frame = _frame(ts, x)
+    batch = _rules_only().score_frame(frame).results()
+    stream = _stream(_rules_only(), frame)
+    assert [(r.status, r.scores, r.evidence) for r in batch] == [(r.status, r.scores, r.evidence) for r in stream]
+    assert [r.alert.to_dict() if r.alert else None for r in batch] == [r.alert.to_dict() if r.alert else None for r in stream]
+    assert [r.resolved for r in batch] == [r.resolved for r in stream]
+    assert sum(r.alert is not None for r in batch) >= 3 and sum(r.resolved is not None for r in batch) >= 3
