@@ -44,7 +44,7 @@ _SUBSTATES = ("rule", "cp", "res", "mv", "alert")
 #: endpoint attributes restored from the data (id is the key; the sub-states are above)
 _ENDPOINT_SCALARS = ("last_ts", "caps", "fixed")
 #: slots recomputed from the models after a restore; never read from a file
-_DERIVED = {"cp": {"refs"}, "res": {"scale"}, "mv": {"row", "ready"}}
+_DERIVED = {"cp": {"refs"}, "res": {"scale", "thr"}, "mv": {"row", "ready"}}
 
 
 def _slots(obj: Any) -> list[str]:
@@ -202,8 +202,9 @@ def import_state(pipe: DetectionPipeline, data: dict[str, Any], keep: Any = None
                 pipe._endpoints.update(before)
                 raise ValueError(f"endpoint {eid!r}: {exc}") from None
             built[eid] = e
+        detectors = {"rule": pipe.rules, "cp": pipe.changepoint, "res": pipe.residual, "mv": pipe.multivariate}
         for e in built.values():
-            pipe.changepoint.refresh_state(e.cp)
-            pipe.residual.refresh_state(e.res)
-            pipe.multivariate.refresh_state(e.mv)
+            for sub, det in detectors.items():  # as after a model reload: derived values recomputed
+                if hasattr(det, "refresh_state") and hasattr(e, sub):
+                    det.refresh_state(getattr(e, sub))
     return list(built)

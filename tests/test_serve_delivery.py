@@ -49,8 +49,9 @@ class FlakyHook:
         self.httpd.server_close()
 
 
-def _spike(i: int, ep: str) -> dict:
-    return {"timestamp_ms": T0 + 5000 * i, "endpoint_id": ep, "udp_echo_rtt_ms": 60.0}
+def _incident(ep: str) -> list[dict]:
+    """12 healthy samples (the endpoint learns its 4 ms baseline), then 60 ms: critical at once."""
+    return [{"timestamp_ms": T0 + 5000 * i, "endpoint_id": ep, "udp_echo_rtt_ms": 60.0 if i == 12 else 4.0} for i in range(13)]
 
 
 def test_webhook_retries_with_backoff_and_dead_alertmanager_does_not_block(tmp_path):
@@ -61,15 +62,16 @@ def test_webhook_retries_with_backoff_and_dead_alertmanager_does_not_block(tmp_p
     s = ThreadedService(cfg, DetectionConfig.from_dict({"model_path": str(tmp_path / "none")}))
     try:
         t = time.perf_counter()
-        r = httpx.post(s.url + "/v1/samples", content=orjson.dumps([_spike(0, "o-ru-001")]))
+        r = httpx.post(s.url + "/v1/samples", content=orjson.dumps(_incident("o-ru-001")))
         assert r.status_code == 200
         wait_until(lambda: hook.bodies, timeout=10, what="webhook delivery after retries")
         ev = hook.bodies[0]
         assert ev["event"] == "firing" and ev["endpoint_id"] == "o-ru-001" and ev["severity"] == "critical"
         assert hook.calls == 3
         # scoring went on while Alertmanager was unreachable
-        r = httpx.post(s.url + "/v1/samples", content=orjson.dumps([_spike(i, f"o-du-{i}") for i in range(50)]))
-        wait_until(lambda: s.svc.queue.done == s.svc.queue.accepted == 51, what="scored")
+        r = httpx.post(s.url + "/v1/samples", content=orjson.dumps([x for i in range(20) for x in _incident(f"o-du-{i}")]))
+        wait_until(lambda: s.svc.queue.done == s.svc.queue.accepted == 13 * 21, what="scored")
+        assert httpx.get(s.url + "/v1/status").json()["samples"]["ok"] == 13 * 21
         assert time.perf_counter() - t < 5
         m = wait_until(lambda: (t := httpx.get(s.url + "/metrics").text) and 'ocad_alert_delivery_dropped_total{sink="alertmanager"}' in t and t,
                        what="alertmanager drop counted")
@@ -80,4 +82,4 @@ def test_webhook_retries_with_backoff_and_dead_alertmanager_does_not_block(tmp_p
     finally:
         out = s.close()
         hook.close()
-    assert out["accepted"] == out["scored"] == 51
+    assert out["accepted"] == out["scored"] == 13 * 21

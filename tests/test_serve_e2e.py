@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from serve_harness import Receiver, ThreadedService, alertmanager, free_port, prometheus, recorded_incident, wait_until
 
 from ocad_detectors.config import DetectionConfig
+from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.serve.config import AlertSinkConfig, PullConfig, ServeConfig
 from ocad_detectors.serve.delivery import iso
 
@@ -49,7 +50,9 @@ def test_incident_to_alertmanager_scores_in_prometheus_and_pull_from_prometheus(
     exporter, _ = start_http_server(exp_port, addr="127.0.0.1", registry=reg)
     prom_port = free_port()
     with alertmanager(tmp_path, hook.url) as am:
-        det = DetectionConfig.from_dict({"model_path": str(tmp_path / "no-models")})
+        # o-ru-777 (pulled) is under an absolute SLA: 50 ms critical from the first sample on
+        det = DetectionConfig.from_dict({"model_path": str(tmp_path / "no-models"), "rules": {"absolute_groups": {
+            "o-ru-7*": {"udp_echo_rtt_ms": {"warning": 15.0, "critical": 50.0}}}}})
         cfg = ServeConfig(
             require_models=False,
             alerts=AlertSinkConfig(alertmanager_url=am, resend_interval_s=1.0, ends_at_grace_s=120, jsonl_path=str(tmp_path / "alerts.jsonl")),
@@ -60,23 +63,31 @@ def test_incident_to_alertmanager_scores_in_prometheus_and_pull_from_prometheus(
         try:
             with prometheus(tmp_path, {"ocad": [f"127.0.0.1:{s.port}"], "probes": [f"127.0.0.1:{exp_port}"]}, port=prom_port) as prom:
                 samples = recorded_incident("o-ru-001", 45.0)
-                # --- part 1: up to just after the first alert (sample 50 of the recording)
-                body = b"\n".join(orjson.dumps(x) for x in samples[:60])
+                ref = DetectionPipeline(det)  # what the service must do: the same pipeline, streaming
+                results = [ref.process(x) for x in samples]
+                first = next(i for i, r in enumerate(results) if r.alert is not None)
+                alert = results[first].alert
+                assert [r.resolved is not None for r in results].count(True) == 1
+                # --- part 1: up to just after the first alert
+                cut = first + 3
+                assert all(r.alert is None for r in results[first + 1 : cut])
+                body = b"\n".join(orjson.dumps(x) for x in samples[:cut])
                 r = httpx.post(s.url + "/v1/samples", content=body, headers={"Content-Type": "application/x-ndjson"})
-                assert r.status_code == 200 and r.json()["accepted"] == 60
+                assert r.status_code == 200 and r.json()["accepted"] == cut
                 firing = wait_until(lambda: _active(am, "o-ru-001"), what="alert in Alertmanager")
                 a = firing[0]
-                assert a["labels"] == {"alertname": "OCADEndpointAnomaly", "endpoint_id": "o-ru-001", "severity": "warning",
-                                       "evidence": "threshold", "role": "o-ru"}
-                start_iso = iso(samples[50]["timestamp_ms"])
+                assert a["labels"] == {"alertname": "OCADEndpointAnomaly", "endpoint_id": "o-ru-001", "severity": alert.severity,
+                                       "evidence": ",".join(alert.evidence), "role": "o-ru"}
+                start_iso = iso(alert.episode_start_ms)
                 assert a["startsAt"].startswith(start_iso[:19])
-                assert start_iso in a["annotations"]["summary"] and "warning anomaly on o-ru-001" in a["annotations"]["summary"]
-                assert "lbm_rtt_ms = " in a["annotations"]["description"] and "above the 25 ms threshold" in a["annotations"]["description"]
+                assert start_iso in a["annotations"]["summary"] and f"{alert.severity} anomaly on o-ru-001" in a["annotations"]["summary"]
+                assert iso(alert.timestamp_ms) in a["annotations"]["summary"]
+                assert alert.explanation[0].text in a["annotations"]["description"]
                 assert a["generatorURL"].startswith(s.url + "/v1/status")
 
                 # --- part 2: escalation to critical (loss), recovery, episode end
-                r = httpx.post(s.url + "/v1/samples", content=orjson.dumps(samples[60:]))
-                assert r.status_code == 200 and r.json()["accepted"] == len(samples) - 60
+                r = httpx.post(s.url + "/v1/samples", content=orjson.dumps(samples[cut:]))
+                assert r.status_code == 200 and r.json()["accepted"] == len(samples) - cut
                 wait_until(lambda: s.svc.queue.done == s.svc.queue.accepted, what="scored")
                 wait_until(lambda: not _active(am, "o-ru-001"), what="alert resolved in Alertmanager")
 
@@ -84,10 +95,12 @@ def test_incident_to_alertmanager_scores_in_prometheus_and_pull_from_prometheus(
                     return any(x["status"] == status and x["labels"]["endpoint_id"] == "o-ru-001" and x["labels"]["severity"] == severity
                                for b in hook.bodies for x in b["alerts"])
 
-                wait_until(lambda: notified("firing", "warning"), what="Alertmanager notified the warning")
-                wait_until(lambda: notified("resolved", "critical"), what="Alertmanager notified the resolution")
+                last = [r.alert for r in results if r.alert is not None][-1]
+                wait_until(lambda: notified("firing", alert.severity), what="Alertmanager notified the first alert")
+                wait_until(lambda: notified("resolved", last.severity), what="Alertmanager notified the resolution")
                 events = [orjson.loads(line) for line in (tmp_path / "alerts.jsonl").read_bytes().splitlines()]
-                assert [e["event"] for e in events if e.get("endpoint_id") == "o-ru-001"] == ["firing", "escalated", "escalated", "resolved"]
+                want = ["escalated" if r.alert.escalation else "firing" for r in results if r.alert is not None] + ["resolved"]
+                assert len(want) >= 3 and [e["event"] for e in events if e.get("endpoint_id") == "o-ru-001"] == want
 
                 # --- Prometheus scraped /metrics: PromQL gives the endpoint's score
                 want = httpx.get(s.url + "/v1/status").json()["endpoints"]["o-ru-001"]["composite"]

@@ -275,6 +275,10 @@ class AlertRouter:
         self._fanout("resolved", {"endpoint_id": endpoint_id, "episode_start_ms": episode_start_ms, "end_ms": end_ms, **info},
                      [self._with_ends(old, ends)])
 
+    def on_change(self, info: dict[str, Any]) -> None:
+        """A confirmed level change (webhook and JSON lines only; Alertmanager gets alerts)."""
+        self._fanout("change", info, [])
+
     def open_episodes(self) -> list[tuple[str, int]]:
         with self._lock:
             return list(self.firing)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ocad_detectors.config import DetectionConfig
-from ocad_detectors.pipeline import DetectionPipeline, DetectionResult
+from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.serve.config import ServeConfig, load_service_config
 from ocad_detectors.serve.delivery import AlertRouter
 from ocad_detectors.serve.ingest import Parsed, SampleQueue, validate_items
@@ -68,7 +68,6 @@ class DetectorService:
         self._control: threading.Thread | None = None
         self.puller: PrometheusPuller | None = None
         self._warned_failures = self._loader_failures()
-        self._has_resolved = "resolved" in {f.name for f in dataclasses.fields(DetectionResult)}
         self.newest_ts = 0
         self.restored_endpoints = 0
         self.metrics.set_versions(self.pipeline.model_versions)
@@ -169,6 +168,7 @@ class DetectorService:
             seen: dict[str, tuple[float, int]] = {}
             alerts = []
             resolved = []
+            changes: list[Any] = []
             newest = self.newest_ts
             router = self.router  # a SIGHUP may have replaced it
             try:
@@ -187,12 +187,11 @@ class DetectorService:
                                 newest = ts
                             if r.alert is not None:
                                 alerts.append(r.alert)
-                            res = getattr(r, "resolved", None)
-                            if res is not None:
-                                resolved.append(res)
+                            if r.resolved is not None:
+                                resolved.append(r.resolved)
+                            if r.changes:
+                                changes += r.changes
                         lat.observe(perf() - t0)
-                    if not self._has_resolved and router.firing:
-                        resolved += self._fallback_resolutions(pipe, seen)
                 self.newest_ts = newest
                 with m.lock:
                     for k, v in counts.items():
@@ -201,29 +200,14 @@ class DetectorService:
                 for a in alerts:
                     router.on_alert(a)
                 for res in resolved:
-                    info = res.to_dict() if hasattr(res, "to_dict") else {}
-                    router.on_resolved(res.endpoint_id, res.episode_start_ms, res.end_ms, info)
+                    router.on_resolved(res.endpoint_id, res.episode_start_ms, res.end_ms, res.to_dict())
+                for ch in changes:
+                    router.on_change(ch.to_dict() if hasattr(ch, "to_dict") else {"change": str(ch)})
             except Exception as exc:  # the worker must survive anything
                 logger.exception("scoring batch failed: %s", exc)
                 m.count("error", len(batch) - sum(counts.values()))
             finally:
                 q.mark_done(len(batch))
-
-    def _fallback_resolutions(self, pipe: DetectionPipeline, seen: dict[str, tuple[float, int]]) -> list[Any]:
-        """Before ``DetectionResult.resolved`` existed: an episode ends once the endpoint went
-        ``alerts.dedup_ms`` of sample time without an alert-worthy sample."""
-        out = []
-        dedup = pipe.config.alerts.dedup_ms
-        for eid, start in self.router.open_episodes():
-            if eid not in seen:
-                continue
-            e = pipe._endpoints.get(eid)
-            if e is None:
-                continue
-            ts = seen[eid][1]
-            if ts - e.alert.last_ts > dedup or e.alert.episode_start != start:
-                out.append(_Res(eid, start, ts, "recovered"))
-        return out
 
     # ------------------------------------------------------------------ control thread
 
@@ -415,21 +399,6 @@ class DetectorService:
                         "severity": a["alert"]["labels"]["severity"]} for a in self.router.export()],
             "uptime_s": round(time.time() - self.started_at, 1),
         }
-
-
-class _Res:
-    """A resolution found by the fallback rule (same fields as ``alerts.Resolution``)."""
-
-    __slots__ = ("endpoint_id", "end_ms", "episode_start_ms", "reason")
-
-    def __init__(self, endpoint_id: str, episode_start_ms: int, end_ms: int, reason: str) -> None:
-        self.endpoint_id = endpoint_id
-        self.episode_start_ms = episode_start_ms
-        self.end_ms = end_ms
-        self.reason = reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason}
 
 
 def _replace(cfg: ServeConfig, **kw: Any) -> ServeConfig:
