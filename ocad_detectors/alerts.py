@@ -294,7 +294,8 @@ class SampleDetails:
     values: tuple[float, float, float]
     reference: Sequence[tuple[float, float] | None]
     loss_runs: Mapping[str, int]
-    cusum: Sequence[tuple[float, float]]
+    #: per delay signal: (shift evidence, current level, last upward change (ms, before, after))
+    changepoint: Sequence[tuple[bool, float, tuple[int, float, float] | None]]
     residual: Sequence[tuple[float, float, float] | None]  # (forecast, r in σ, threshold in σ)
     multivariate: tuple[float, float, str, float] | None = None
     #: (warning, critical) rule levels per delay signal (None: no rule)
@@ -331,18 +332,17 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                                        f"{sig}: {r} consecutive probes without a reply "
                                        f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
     if ev & EV_CHANGEPOINT:
-        h = config.changepoint.h
         for i, sig in enumerate(VALUE_SIGNALS):
-            S, z = d.cusum[i]
-            ref = d.reference[i]
-            if not h < S or ref is None:
+            evidence, level, up = d.changepoint[i]
+            if not evidence or up is None:
                 continue
             unit = SIGNALS[sig].unit
+            since, before, after = up
             v = d.values[i]
-            now = f"; now {_fmt(v)} {unit} ({z:+.1f} σ)" if v == v else "; no value this sample"
-            out.append(Explanation("changepoint", sig, unit, ref[0], v if v == v else None, z if v == v else None,
-                                   f"{sig}: sustained shift above the healthy {_fmt(ref[0])} {unit}, "
-                                   f"CUSUM {S:.1f} σ > h = {h:g} σ{now}"))
+            now = f"; now {_fmt(v)} {unit}" if v == v else "; no value this sample"
+            out.append(Explanation("changepoint", sig, unit, before, v if v == v else None, None,
+                                   f"{sig}: sustained shift from {_fmt(before)} to {_fmt(after)} {unit} "
+                                   f"since {iso_ms(since)}{now}"))
     if ev & EV_RESIDUAL:
         for i, sig in enumerate(VALUE_SIGNALS):
             res = d.residual[i]

@@ -1,10 +1,15 @@
-"""Change-point detector: one-sided upper CUSUM on reference-standardized values.
+"""Change-point detector: a two-sided level-shift detector per (endpoint, delay signal) that
+re-anchors on the new level (:mod:`ocad_detectors.levels`).
 
-``z = (x - μ_ref) / σ_ref`` with μ/σ of *healthy training data* for the endpoint (pooled for
-unknown endpoints), never the recent window's own statistics: self-normalising would erase a
-sustained shift once it fills the window (DOMAIN.md). ``S = min(clamp·h, max(0, S + z - k))``;
-evidence when ``S > h``. A missing value leaves ``S`` unchanged (loss is the rule detector's
-business). Lower shifts (faster than usual) are not alarms for a delay and are not tracked.
+Evidence (``changepoint``) is an *upward* sustained shift confirmed and not yet re-baselined:
+after ``rebaseline_s`` at the new level it is the normal level, the evidence ends and the
+relative rules adopt it as their baseline, so a lasting shift gives one alert and one change
+record, not days of alarm. A downward change (recovery, re-route) is a change record, never
+evidence. Change records name the first sample of the new level, the levels before and after
+and the detection time. The same ``update`` runs per sample in both the streaming and the batch
+path, so they agree exactly. The reference statistics (healthy mean/std from training) are
+kept here for the explanations and the other detectors; the level detector learns each
+endpoint's level from its own samples.
 """
 
 from __future__ import annotations
@@ -13,36 +18,37 @@ from typing import Any
 
 import numpy as np
 
-from ocad_detectors._util import EV_CHANGEPOINT, EVIDENCE_NAMES, WarnOnce, mask_values, present_capabilities, squash, squash_array
+from ocad_detectors._util import EV_CHANGEPOINT, EVIDENCE_NAMES, mask_values, present_capabilities
 from ocad_detectors.config import ChangePointConfig
 from ocad_detectors.features import ReferenceStats
+from ocad_detectors.levels import ChangeRecord, LevelShiftDetector, LevelShiftState
 from ocad_detectors.rules import DetectorOutput
-from ocad_detectors.signals import VALUE_SIGNALS
+from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
 
-__all__ = ["ChangePointDetector"]
+__all__ = ["ChangePointDetector", "ChangeRecord"]
+
+_NAN = float("nan")
 
 
 class _CPState:
-    __slots__ = ("S", "endpoint_id", "refs", "z")
+    __slots__ = ("endpoint_id", "last_up", "lv", "refs")
 
-    def __init__(self, endpoint_id: str, refs: list[tuple[float, float] | None]) -> None:
+    def __init__(self, endpoint_id: str, refs: list[tuple[float, float] | None], lv: list[LevelShiftState]) -> None:
         self.endpoint_id = endpoint_id
         self.refs = refs
-        self.S = [0.0, 0.0, 0.0]
-        self.z = [float("nan")] * 3
+        self.lv = lv
+        #: per signal: the last confirmed upward change (change_ms, level before, level after)
+        self.last_up: list[tuple[int, float, float] | None] = [None, None, None]
 
 
 class ChangePointDetector:
-    """CUSUM per (endpoint, delay signal). ``reference``: healthy mean/std from training."""
+    """Level shifts per (endpoint, delay signal); ``reference``: healthy mean/std from training."""
 
     name = "changepoint"
 
     def __init__(self, config: ChangePointConfig | None = None, reference: ReferenceStats | None = None) -> None:
         self.config = config or ChangePointConfig()
-        self._k = self.config.k
-        self._h = self.config.h
-        self._cap = self.config.clamp * self.config.h
-        self._warn = WarnOnce()
+        self.levels = LevelShiftDetector(self.config.levels)
         self._states: dict[str, _CPState] = {}
         self.reference = reference or ReferenceStats()
 
@@ -51,7 +57,7 @@ class ChangePointDetector:
         return self.config.enabled
 
     def set_reference(self, reference: ReferenceStats | None) -> None:
-        """New reference statistics (after a model reload); CUSUM sums are kept (they are in σ)."""
+        """New reference statistics (after a model reload); the learned levels are kept."""
         self.reference = reference or ReferenceStats()
 
     def _refs(self, endpoint_id: str) -> list[tuple[float, float] | None]:
@@ -62,108 +68,86 @@ class ChangePointDetector:
         return out
 
     def new_state(self, endpoint_id: str) -> _CPState:
-        return _CPState(endpoint_id, self._refs(endpoint_id))
+        lv = [self.levels.new_state(endpoint_id, sig, SIGNALS[sig].unit) for sig in VALUE_SIGNALS]
+        return _CPState(endpoint_id, self._refs(endpoint_id), lv)
 
     def refresh_state(self, st: _CPState) -> None:
         st.refs = self._refs(st.endpoint_id)
 
-    def _missing_ref(self, i: int) -> None:
-        sig = VALUE_SIGNALS[i]
-        self._warn(sig, "no reference statistics for %s (no model provides them and none are configured); "
-                   "CUSUM is off for that signal", sig)
-
-    def update(self, st: _CPState, u: float, c: float, lb: float) -> tuple[float, int]:
-        """One accepted sample (values masked to the capabilities) -> (score, evidence bits)."""
+    def update(
+        self, st: _CPState, ts: int, u: float, c: float, lb: float
+    ) -> tuple[float, int, tuple[ChangeRecord, ...], tuple[tuple[int, float, bool], ...]]:
+        """One accepted sample (values masked to the capabilities) -> (score, evidence bits,
+        change records confirmed now, new baselines now as (signal index, level, re-baselined):
+        re-baselined is True when an upward level held ``rebaseline_s`` and False for a
+        downward change (recovery or re-route))."""
         if not self.config.enabled:
-            return 0.0, 0
-        k = self._k
-        h = self._h
-        cap = self._cap
-        S = st.S
+            return 0.0, 0, (), ()
+        upd = self.levels.update
         score = 0.0
         ev = 0
+        changes: tuple[ChangeRecord, ...] = ()
+        rebase: tuple[tuple[int, float, bool], ...] = ()
         for i, v in enumerate((u, c, lb)):
-            ref = st.refs[i]
-            if ref is not None:
-                if v == v:
-                    z = (v - ref[0]) / ref[1]
-                    s = S[i] + z - k
-                    if s < 0.0:
-                        s = 0.0
-                    elif s > cap:
-                        s = cap
-                    S[i] = s
-                    st.z[i] = z
-                s = S[i]
-                if s > 0.0:
-                    sc = squash(s, h)
-                    if sc > score:
-                        score = sc
-                    if s > h:
-                        ev = EV_CHANGEPOINT
-            elif v == v:
-                self._missing_ref(i)
-        return score, ev
+            lst = st.lv[i]
+            was = lst.evidence
+            sc, e, rec = upd(lst, ts, v)
+            if sc > score:
+                score = sc
+            if e:
+                ev = EV_CHANGEPOINT
+            if rec is not None:
+                changes += (rec,)
+                if rec.direction == "up":
+                    st.last_up[i] = (rec.change_ms, rec.level_before, rec.level_after)
+                else:
+                    rebase += ((i, rec.level_after, False),)
+            elif was and not e:  # the new level held long enough: it is the baseline now
+                rebase += ((i, lst.mu, True),)
+        return score, ev, changes, rebase
+
+    @staticmethod
+    def details(st: _CPState) -> list[tuple[bool, float, tuple[int, float, float] | None]]:
+        """Per delay signal: (evidence, current level, last upward change) for explanations."""
+        return [(st.lv[i].evidence, st.lv[i].mu, st.last_up[i]) for i in range(3)]
 
     def score_one(self, sample: Any) -> DetectorOutput:
         """Standalone use: validate (``ValueError`` if invalid), then update and score."""
         from ocad_detectors.samples import require_valid
 
-        _, ep, u, c, lb, s = require_valid(sample)
+        ts, ep, u, c, lb, s = require_valid(sample)
         st = self._states.get(ep)
         if st is None:
             st = self._states[ep] = self.new_state(ep)
         mu, mc, ml, _ = mask_values(present_capabilities(u, c, lb, s), u, c, lb, s)
-        score, ev = self.update(st, mu, mc, ml)
-        return DetectorOutput(score, EVIDENCE_NAMES[ev], {"cusum": dict(zip(VALUE_SIGNALS, st.S)), "z": dict(zip(VALUE_SIGNALS, st.z))})
+        score, ev, changes, _ = self.update(st, ts, mu, mc, ml)
+        return DetectorOutput(score, EVIDENCE_NAMES[ev], {
+            "level": dict(zip(VALUE_SIGNALS, (x.mu for x in st.lv))), "changes": [r.to_dict() for r in changes],
+        })
 
-    def score_series(self, endpoint_id: str, u: np.ndarray, c: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Batch over one endpoint's accepted, masked series: (score, evidence bits, S per
-        signal, z per signal (NaN where missing)). The recursion is a plain loop (it is
-        sequential by nature); everything around it is vectorized."""
-        n = len(u)
+    def score_series(
+        self, endpoint_id: str, ts: list[int], u: np.ndarray, c: np.ndarray, lb: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[ChangeRecord, ...]], dict[int, tuple[tuple[int, float, bool], ...]], list[Any]]:
+        """Batch over one endpoint's accepted, masked series: the streaming :meth:`update` per
+        sample. Returns (score, evidence bits, change records by sample index, re-baselinings
+        by sample index, per-sample explanation details)."""
+        n = len(ts)
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
-        Ss: list[np.ndarray] = []
-        zs: list[np.ndarray] = []
-        refs = self._refs(endpoint_id)
-        k, h, cap = self._k, self._h, self._cap
-        for i, v in enumerate((u, c, lb)):
-            ref = refs[i]
-            if ref is None or not self.config.enabled:
-                if ref is None and np.isfinite(v).any():
-                    self._missing_ref(i)
-                Ss.append(np.zeros(n))
-                zs.append(np.full(n, np.nan))
-                continue
-            mu, sd = ref
-            z = (v - mu) / sd
-            S = np.zeros(n)
-            # S only leaves 0 at a sample with z - k > 0 (0.0 + z - k == z - k exactly), so the
-            # recursion runs from each such sample until S is back at 0; the rest stays 0
-            with np.errstate(invalid="ignore"):
-                starts = np.flatnonzero(z - k > 0.0)
-            zl = z.tolist()
-            j = 0
-            for p in starts.tolist():
-                if p < j:
-                    continue  # inside the segment already computed
-                s = 0.0
-                j = p
-                while j < n:
-                    zi = zl[j]
-                    if zi == zi:
-                        s = s + zi - k
-                        if s < 0.0:
-                            s = 0.0
-                        elif s > cap:
-                            s = cap
-                    S[j] = s
-                    j += 1
-                    if s == 0.0:
-                        break
-            score = np.maximum(score, np.where(S > 0.0, squash_array(S, h), 0.0))
-            ev |= np.where(h < S, EV_CHANGEPOINT, 0)
-            Ss.append(S)
-            zs.append(z)
-        return score, ev, Ss, zs
+        changes: dict[int, tuple[ChangeRecord, ...]] = {}
+        rebase: dict[int, tuple[tuple[int, float, bool], ...]] = {}
+        details: list[Any] = [None] * n
+        st = self.new_state(endpoint_id)
+        ul, cl, lbl = u.tolist(), c.tolist(), lb.tolist()
+        upd = self.update
+        for j in range(n):
+            sc, e, ch, rb = upd(st, ts[j], ul[j], cl[j], lbl[j])
+            score[j] = sc
+            ev[j] = e
+            if ch:
+                changes[j] = ch
+            if rb:
+                rebase[j] = rb
+            if e:
+                details[j] = self.details(st)
+        return score, ev, changes, rebase, details

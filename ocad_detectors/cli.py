@@ -12,8 +12,18 @@ epoch milliseconds (numbers below 1e11 are read as seconds) or ISO 8601 text. Ro
 in file order; bad rows become ``invalid`` results and are counted, they never stop the run.
 
 Output: alerts as JSON lines (``--alerts``, default stdout), per-sample scores as Parquet
-(``--scores``), and a summary table on stderr. Exit codes: 0 done (alerts or not), 2 bad
-usage, unreadable input or configuration (one ``error: ...`` line on stderr).
+(``--scores``), and a summary table on stderr with the most frequent reasons samples were not
+scored. Unknown columns are named in a warning (an error with ``--strict``).
+
+Exit codes (the first that applies):
+
+  0  done: every sample scored (alerts or not)
+  2  bad usage, unreadable input or configuration, unknown unit, duplicate columns, unknown
+     columns with --strict (one ``error: ...`` line on stderr)
+  3  nothing scored: no sample of the file was usable (the summary lists why)
+  4  models refused: a model in the registry failed verification or validation; the other
+     detectors ran (``error:`` lines name each model and file)
+  5  some samples not scored (invalid / future / refused / error), only with --strict
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -33,6 +44,33 @@ __all__ = ["build_parser", "main"]
 _EXAMPLES = (__doc__ or "").split("Examples::\n", 1)[-1].split("\nInput:", 1)[0].strip("\n")
 #: below this many samples no progress bar is shown unless --progress asks for one
 _LONG_FILE = 50_000
+EXIT_OK, EXIT_USAGE, EXIT_NOTHING_SCORED, EXIT_MODELS_REFUSED, EXIT_SOME_INVALID = 0, 2, 3, 4, 5
+#: statuses that mean "looked at and used" (duplicates / out-of-order are normal replay noise)
+_SCORED = ("ok", "duplicate", "out_of_order")
+
+
+def printable(text: object, limit: int = 120) -> str:
+    """Text safe for a terminal: control characters (escape sequences) shown escaped."""
+    s = str(text)
+    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def reason_key(error: str) -> str:
+    """One error message without its particular values, so equal causes count together."""
+    e = re.sub(r"got .*", "got ...", error)
+    e = re.sub(r"'[^']*'", "'...'", e)
+    return re.sub(r"-?\d+(\.\d+)?(e[+-]?\d+)?", "N", e)
+
+
+def top_reasons(result: Any, n: int = 5) -> list[tuple[str, int]]:
+    """Most frequent reasons (per "; "-separated part) samples were not scored."""
+    c: Counter[str] = Counter()
+    for st, err in zip(result.status.tolist(), result.error):
+        if str(st) not in _SCORED and err:
+            for part in dict.fromkeys(str(err).split("; ")):
+                c[f"{st}: {reason_key(part)}"] += 1
+    return c.most_common(n)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, metavar="N", help="endpoints listed in the summary (default 20)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary table, only warnings")
     p.add_argument("-v", "--verbose", action="store_true", help="log model loading and reloads")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="unknown columns are an error (exit 2) and any sample not scored gives exit code 5",
+    )
     return p
 
 
@@ -134,8 +176,9 @@ def summary(result: Any, elapsed_s: float, versions: dict[str, str | None], top:
         ("  duplicate", f"{status.get('duplicate', 0):,}"),
         ("  out_of_order", f"{status.get('out_of_order', 0):,}"),
     ]
-    if status.get("error"):
-        rows.append(("  error", f"{status['error']:,}"))
+    for st in ("future", "refused", "error"):
+        if status.get(st):
+            rows.append((f"  {st}", f"{status[st]:,}"))
     rows += [
         ("endpoints", f"{len(endpoints):,}"),
         ("alerts", f"{len(result.alerts):,}"),
@@ -149,9 +192,12 @@ def summary(result: Any, elapsed_s: float, versions: dict[str, str | None], top:
         per = []
         for ep, cnt in eps.most_common(top):
             s = Counter(a.severity for a in result.alerts if a.endpoint_id == ep)
-            per.append((ep, cnt, s.get("critical", 0), s.get("major", 0), s.get("warning", 0)))
+            per.append((printable(ep, 60), cnt, s.get("critical", 0), s.get("major", 0), s.get("warning", 0)))
         out += ["", "alerts per endpoint" + (f" (top {top} of {len(eps)})" if len(eps) > top else ""),
                 _table(("endpoint", "alerts", "critical", "major", "warning"), per)]
+    reasons = top_reasons(result)
+    if reasons:
+        out += ["", "why samples were not scored (top reasons)", _table(("reason", "samples"), [(printable(r, 110), f"{c:,}") for r, c in reasons])]
     out += ["", "models", _table(("model", "version"), [(k, v or "not loaded") for k, v in versions.items()])]
     return "\n".join(out)
 
@@ -178,14 +224,22 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
 
     try:
         config = load_config(args.config) if args.config else DetectionConfig()
-        frame = read_samples(args.input, args.format, _pairs(args.signal_map, "--signal-map"), _pairs(args.unit, "--unit"))
+        frame = read_samples(
+            args.input, args.format, _pairs(args.signal_map, "--signal-map"), _pairs(args.unit, "--unit"), strict=args.strict
+        )
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=err)
+        print(f"error: {printable(e, 2000)}", file=err)
         return 2
     except Exception as e:
-        print(f"error: cannot read {args.input}: {type(e).__name__}: {e}", file=err)
+        print(f"error: cannot read {args.input}: {type(e).__name__}: {printable(e, 2000)}", file=err)
         return 2
-    pipe = DetectionPipeline(config, args.model_dir)
+    if frame.attrs.get("ignored_columns"):
+        print(f"warning: {printable(frame.attrs['ignored_columns'], 2000)}; they are ignored", file=err)
+    try:
+        pipe = DetectionPipeline(config, args.model_dir)
+    except ValueError as e:  # e.g. an unreadable trust.public_key
+        print(f"error: {printable(e, 2000)}", file=err)
+        return 2
     try:
         challenger_versions = _pairs(args.shadow, "--shadow")
         challenger = DetectionPipeline(config, args.model_dir, versions=challenger_versions) if challenger_versions else None
@@ -232,7 +286,28 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             ]
             rows += [(f"challenger {k}", v or "not loaded") for k, v in challenger.model_versions.items()]
             print("\nshadow scoring (champion/challenger)\n" + _table(("what", "value"), rows), file=err)
-    return 0
+    return _exit_code(result, pipe.model_errors, args.strict, err)
+
+
+def _exit_code(result: Any, model_errors: list[str], strict: bool, err: TextIO) -> int:
+    """The documented exit code, each non-zero one with its ``error:`` lines on stderr."""
+    status = Counter(str(s) for s in result.status.tolist())
+    n = len(result)
+    scored = sum(status.get(s, 0) for s in _SCORED)
+    for m in model_errors:
+        print(f"error: model refused: {printable(m, 2000)}", file=err)
+    if n == 0:
+        print("warning: the file holds no samples", file=err)
+    if n and status.get("ok", 0) == 0:
+        why = "; ".join(f"{r} ({c:,})" for r, c in top_reasons(result, 3))
+        print(f"error: nothing scored: none of the {n:,} samples was usable" + (f": {printable(why, 500)}" if why else ""), file=err)
+        return EXIT_NOTHING_SCORED
+    if model_errors:
+        return EXIT_MODELS_REFUSED
+    if strict and scored < n:
+        print(f"error: {n - scored:,} of {n:,} samples not scored (--strict)", file=err)
+        return EXIT_SOME_INVALID
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

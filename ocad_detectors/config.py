@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ocad_detectors.features import ReferenceStats, capability_key
+from ocad_detectors.levels import LevelShiftConfig
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
 
 __all__ = [
@@ -215,34 +216,53 @@ class RuleConfig:
 
 @dataclass(frozen=True)
 class ChangePointConfig:
-    """One-sided upper CUSUM on z = (x - μ_ref) / σ_ref; k, h and the clamp in σ.
+    """Two-sided level-shift detection that re-anchors on a new level (see
+    :mod:`ocad_detectors.levels`), and the reference statistics the other detectors use.
 
-    Defaults come from the simulator's healthy data: its noise is autocorrelated and has a
-    daily load cycle, so z stays near +1 for hours and a textbook k = 0.5 saturates on pure
-    noise. k = 2.5 is half of the smallest shift worth an alarm (5 σ); with it, the largest
-    healthy statistic over 36 series x 22 h was 13 σ, so h = 20 σ does not fire on healthy noise.
+    Every key but ``reference`` configures :class:`~ocad_detectors.levels.LevelShiftConfig`
+    (shift sizes in robust σ of the endpoint's current level or relative to it, durations in
+    seconds). A lasting upward shift is ``changepoint`` evidence until the new level has held
+    ``rebaseline_s`` (then it is the baseline, also for the relative rules); changes in both
+    directions are reported as change records.
     """
 
-    enabled: bool = True
-    k: float = 2.5
-    h: float = 20.0
-    #: the statistic is capped at clamp x h so it falls below h within a few samples of recovery
-    clamp: float = 2.0
+    #: the level-shift detector's settings (built from the section's other keys)
+    levels: LevelShiftConfig = field(default_factory=LevelShiftConfig)
     #: operator-provided reference statistics (they win over the models'): a list of records
     #: ``{endpoint_id ('*' = pooled), signal, mean, std}`` or the path of a JSON file holding one.
-    #: Lets CUSUM run when no model is available at all.
+    #: They give the rules a baseline and the Isolation Forest its standardization when no model
+    #: provides them.
     reference: str | tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
-        _bool("changepoint", "enabled", self.enabled)
-        _num("changepoint", "k", self.k, lo=0.0)
-        _num("changepoint", "h", self.h, positive=True)
-        _num("changepoint", "clamp", self.clamp, lo=1.0)
+        if not isinstance(self.levels, LevelShiftConfig):
+            raise ValueError(f"changepoint.levels: expected LevelShiftConfig, got {self.levels!r}")
         if isinstance(self.reference, list):
             object.__setattr__(self, "reference", tuple(self.reference))
         if self.reference is not None and not isinstance(self.reference, (str, tuple)):
             raise ValueError(f"changepoint.reference: expected a list of records or a JSON path, got {self.reference!r}")
         self.reference_stats()  # fail early on bad records
+
+    @property
+    def enabled(self) -> bool:
+        return self.levels.enabled
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ChangePointConfig:
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ValueError(f"changepoint: expected a mapping, got {type(d).__name__}")
+        kw = {k: v for k, v in d.items() if k != "reference"}
+        for old in ("clamp",):
+            if old in kw:
+                raise ValueError(f"changepoint.{old}: the fixed-reference CUSUM is gone; see levels settings "
+                                 f"{sorted(LevelShiftConfig.__dataclass_fields__)}")
+        try:
+            levels = LevelShiftConfig.from_dict(kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"changepoint: {str(e).removeprefix('levels: ')}".replace("levels.", "changepoint.")) from None
+        return cls(levels=levels, reference=d.get("reference"))
 
     def reference_stats(self) -> ReferenceStats | None:
         """The configured reference statistics, or None."""
@@ -450,6 +470,44 @@ class ReloadConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Model signatures: ``public_key`` (PEM Ed25519) verifies signed manifests; with
+    ``require_signed`` an unsigned or wrongly signed version is refused."""
+
+    public_key: str | None = None
+    require_signed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.public_key is not None and not isinstance(self.public_key, (str, os.PathLike)):
+            raise ValueError(f"trust.public_key: expected a path, got {self.public_key!r}")
+        _bool("trust", "require_signed", self.require_signed)
+        if self.require_signed and self.public_key is None:
+            raise ValueError("trust.require_signed: needs trust.public_key")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Input bounds of a long-running detector.
+
+    ``future_tolerance_ms``: a sample stamped later than the wall clock plus this is
+    ``status="future"`` (a clock glitch must not make every later sample of its endpoint
+    out-of-order); ``null`` turns the bound off (a host whose clock cannot be trusted).
+    ``max_endpoints``: endpoints with state at most; a new one beyond it first
+    evicts endpoints idle (sample time) for ``endpoint_idle_ms``, else is ``status="refused"``.
+    """
+
+    future_tolerance_ms: int | None = 3_600_000
+    max_endpoints: int = 100_000
+    endpoint_idle_ms: int = 86_400_000
+
+    def __post_init__(self) -> None:
+        if self.future_tolerance_ms is not None:  # None: no wall-clock bound (host clock untrusted)
+            _int("limits", "future_tolerance_ms", self.future_tolerance_ms)
+        _int("limits", "max_endpoints", self.max_endpoints, lo=1)
+        _int("limits", "endpoint_idle_ms", self.endpoint_idle_ms)
+
+
+@dataclass(frozen=True)
 class DetectionConfig:
     """Everything the online detectors need besides the models themselves."""
 
@@ -462,6 +520,8 @@ class DetectionConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: endpoint_id -> capability key ("ecpri+lbm+udp_echo") for endpoints the models do not know
     endpoints: Mapping[str, str] = field(default_factory=dict)
 
@@ -484,7 +544,7 @@ class DetectionConfig:
         if "detection" in d:
             _check_keys("(top level)", d, ["detection", "serve"])  # serve: is ocad-serve's (ocad_detectors.serve.config)
             d = d["detection"] or {}
-        sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "endpoints"]
+        sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "trust", "limits", "endpoints"]
         _check_keys("detection", d, sections)
         mp = d.get("model_path")
         if mp is not None and not isinstance(mp, (str, os.PathLike)):
@@ -492,12 +552,14 @@ class DetectionConfig:
         return cls(
             model_path=None if mp is None else str(mp),
             rules=RuleConfig.from_dict(d.get("rules")),
-            changepoint=_from(ChangePointConfig, "changepoint", d.get("changepoint")),
+            changepoint=ChangePointConfig.from_dict(d.get("changepoint")),
             residual=_from(ResidualConfig, "residual", d.get("residual")),
             multivariate=_from(MultivariateConfig, "multivariate", d.get("multivariate")),
             fusion=FusionConfig.from_dict(d.get("fusion")),
             alerts=AlertConfig.from_dict(d.get("alerts")),
             reload=_from(ReloadConfig, "reload", d.get("reload")),
+            trust=_from(TrustConfig, "trust", d.get("trust")),
+            limits=_from(LimitsConfig, "limits", d.get("limits")),
             endpoints=dict(d.get("endpoints") or {}),
         )
 

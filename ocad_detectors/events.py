@@ -111,14 +111,20 @@ def eventwise(stream: pd.DataFrame, flagged: np.ndarray, incidents: pd.DataFrame
     leads = outage["lead_time_min"].dropna().astype(float)
     days = span_ms / 86_400_000.0
     per_type = {}
-    if n_inc:
-        for typ, g in per.groupby(per["type"].astype(str), sort=True):
-            gt = g.loc[g["detected"], "ttd_s"].astype(float)
+    if n_inc:  # whatever types the labels use (the simulator's or an operator's own)
+        types = per["type"].astype(object).where(per["type"].notna(), "unknown").astype(str)
+        for typ, g in per.groupby(types, sort=True):
+            det = g["detected"].astype(bool)
+            gt = g.loc[det, "ttd_s"].astype(float)
+            lead = g.loc[g["ends_in_outage"].astype(bool), "lead_time_min"].dropna().astype(float)
             per_type[str(typ)] = {
                 "incidents": int(len(g)),
-                "detected": int(g["detected"].sum()),
-                "recall": _safe_div(int(g["detected"].sum()), len(g)),
+                "detected": int(det.sum()),
+                "recall": float(det.mean()),
+                "mttd_seconds": float(gt.mean()) if len(gt) else None,
                 "mttd_median_seconds": float(gt.median()) if len(gt) else None,
+                "outage_incidents": int(g["ends_in_outage"].astype(bool).sum()),
+                "lead_time_p50_minutes": float(lead.median()) if len(lead) else None,
             }
     metrics = {
         "incidents": n_inc,

@@ -26,11 +26,11 @@ import numpy as np
 
 from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names
 from ocad_detectors.iforest import NumpyIsolationForest
-from ocad_detectors.registry import INDEX_FILE, ModelRegistry
+from ocad_detectors.registry import INDEX_FILE, LoadedVersion, ModelRegistry
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNAL_METRIC
 from ocad_detectors.tcn import NumpyTCN
 
-__all__ = ["IFOREST_MODEL_NAME", "TCN_MODEL_NAMES", "IFGroup", "IFModel", "ModelLoader", "ModelSet", "TCNModel"]
+__all__ = ["IFOREST_MODEL_NAME", "TCN_MODEL_NAMES", "IFGroup", "IFModel", "ModelLoader", "ModelSet", "TCNModel", "validate_loaded"]
 
 logger = logging.getLogger("ocad_detectors")
 
@@ -234,12 +234,50 @@ def _release_freed_memory() -> None:
         pass
 
 
-class ModelLoader:
-    """Reads production versions from one or two registry roots and warns once per problem."""
+def build_model(lv: LoadedVersion) -> TCNModel | IFModel | None:
+    """The ready-to-score model of a verified version, by model name (None: not a detector model)."""
+    name = lv.model_name
+    if name == IFOREST_MODEL_NAME:
+        return IFModel.from_version(name, lv.version, lv.metadata, lv.arrays("forest.safetensors"))
+    if name in TCN_MODEL_NAMES.values():
+        model = TCNModel.from_version(name, lv.version, lv.metadata, lv.arrays("weights.safetensors"))
+        if model.metric != name.removeprefix("tcn_"):
+            raise ValueError(f"metadata metric_type {model.metric!r} does not match the model name")
+        return model
+    return None
 
-    def __init__(self, tcn_root: Path | None, iforest_root: Path | None, pinned: Mapping[str, str] | None = None) -> None:
+
+def validate_loaded(lv: LoadedVersion) -> None:
+    """What promotion runs: exactly the checks the loader applies before a model is served
+    (kind, architecture bounds, tensor names/shapes/dtypes/finiteness, forest structure,
+    scalers, thresholds). Names that are not detector models only get the registry checks."""
+    build_model(lv)
+
+
+class ModelLoader:
+    """Reads production versions from one or two registry roots and warns once per problem.
+
+    ``public_key`` / ``require_signed``: the registry's trust settings (see
+    :class:`~ocad_detectors.registry.ModelRegistry`). :attr:`errors` holds the problems of the
+    latest :meth:`load`, one message per refused model.
+    """
+
+    def __init__(
+        self,
+        tcn_root: Path | None,
+        iforest_root: Path | None,
+        pinned: Mapping[str, str] | None = None,
+        *,
+        public_key: str | os.PathLike[str] | None = None,
+        require_signed: bool = False,
+    ) -> None:
         self.tcn_root = tcn_root
         self.iforest_root = iforest_root
+        self.public_key = public_key
+        self.require_signed = require_signed
+        if require_signed and public_key is None:
+            raise ValueError("trust.require_signed needs trust.public_key")
+        self.errors: list[str] = []
         #: model name -> version to serve instead of production (evaluation, shadow scoring)
         self.pinned = dict(pinned or {})
         unknown = set(self.pinned) - set(TCN_MODEL_NAMES.values()) - {IFOREST_MODEL_NAME}
@@ -274,7 +312,9 @@ class ModelLoader:
 
     def load(self, current: ModelSet | None = None) -> ModelSet:
         """Production versions of every model; an unchanged version is reused from ``current``;
-        a version that cannot be loaded keeps the model of ``current`` (if any)."""
+        a version that cannot be loaded keeps the model of ``current`` (if any). Problems are
+        in :attr:`errors` afterwards (a reload uses them to keep the whole old set)."""
+        self.errors = []
         tcn: dict[str, TCNModel] = {}
         iforest: IFModel | None = None
         for name, root in self._entries():
@@ -294,23 +334,32 @@ class ModelLoader:
         return ModelSet(tcn=tcn, iforest=iforest)
 
     def _load_one(self, name: str, root: Path, old: TCNModel | IFModel | None) -> TCNModel | IFModel | None:
-        reg = ModelRegistry(root)
+        absent = not os.path.lexists(root / name / INDEX_FILE)  # never registered: not a refusal
         try:
+            reg = ModelRegistry(root, public_key=self.public_key, require_signed=self.require_signed)
             version = self.pinned.get(name) or reg.production_version(name)
             if version is None:
                 raise ValueError("no production version")
             if old is not None and old.version == version:
                 return old
-            lv = reg.load_version(name, version)  # verifies size and sha256 of every file
-            if name == IFOREST_MODEL_NAME:
-                model: TCNModel | IFModel = IFModel.from_version(name, version, lv.metadata, lv.arrays("forest.safetensors"))
-            else:
-                model = TCNModel.from_version(name, version, lv.metadata, lv.arrays("weights.safetensors"))
-                if model.metric != name.removeprefix("tcn_"):
-                    raise ValueError(f"metadata metric_type {model.metric!r} does not match the model name")
-        except Exception as exc:
+            lv = reg.load_version(name, version)  # verifies manifest, size and sha256 of every file
+            if lv.trust == "legacy":
+                key = (name, f"legacy {version}")
+                if key not in self._warned:
+                    self._warned.add(key)
+                    logger.warning(
+                        "model %s %s is a legacy version: its files are verified, its metadata.json "
+                        "is not (no manifest hash recorded); re-register it to cover thresholds and scalers",
+                        name, version,
+                    )
+            model = build_model(lv)
+            assert model is not None
+        except (Exception, RecursionError) as exc:
             where = f"{root / name}"
-            self._warn(name, f"{type(exc).__name__}: {exc} ({where})")
+            msg = f"{type(exc).__name__}: {exc} ({where})"
+            if not absent and not (isinstance(exc, ValueError) and str(exc) == "no production version"):
+                self.errors.append(f"{name}: {msg}")
+            self._warn(name, msg)
             if old is not None:
                 logger.warning("keeping %s %s in service", name, old.version)
             return old

@@ -30,17 +30,29 @@ residual -> Isolation Forest -> fusion -> alert manager. Treatments (documented 
   the probe types it has returned a value for so far (a capability appears with its first
   value; missing values of a known capability then count as loss).
 * values of signals an endpoint does not support (per config or training data) are ignored.
+* **future** timestamp (later than the wall clock plus ``limits.future_tolerance_ms``, e.g. a
+  clock glitch): ``status="future"``, no state change, so it cannot make every later sample of
+  its endpoint out-of-order.
+* **refused** endpoint: a new endpoint when ``limits.max_endpoints`` endpoints hold state and
+  none has been idle (sample time) for ``limits.endpoint_idle_ms`` (those are evicted first):
+  ``status="refused"``, no state. Batch scoring starts from a fresh state and is not capped.
 * an unexpected internal error yields ``status="error"`` and is logged once per message;
-  the stream goes on. Every input sample yields exactly one result.
+  the stream goes on. Every input sample yields exactly one result, whatever it is (hostile
+  mappings and objects included).
 
 Hot reload: every ``reload.check_every_samples`` samples, ``process`` compares the
 ``index.json`` files of the models (one ``stat`` each); when one changed, or on an explicit
 :meth:`DetectionPipeline.reload`, the production versions are loaded and swapped in between two
-samples. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
+samples. A reload is all-or-nothing: every changed model is verified and built (bounded sizes)
+before anything is swapped; if one is refused the whole set in service stays, the reason is
+logged and kept in :attr:`DetectionPipeline.last_reload_error`, and
+:attr:`DetectionPipeline.reload_failures` counts it. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
 buffer trimmed or extended, a longer feature window waits until it is full again. Loading
 (reading + sha256) then happens on the sample that noticed the change; to keep it off the hot
 path set ``check_every_samples: 0`` and call ``reload()`` from another thread (thread-safe:
-the swap waits for the sample in progress). One pipeline serialises its calls with a lock.
+the swap waits for the sample in progress). One pipeline serialises ``process`` calls with a
+lock; ``score_frame`` does not take it (it works on its own state), it only holds model swaps
+off until it is done, so a long batch never stalls the stream.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,11 +77,14 @@ from ocad_detectors.multivariate import MultivariateDetector, if_score_to_unit_a
 from ocad_detectors.residual import ResidualDetector
 from ocad_detectors.rules import RuleDetector
 from ocad_detectors.samples import (
+    MAX_TIMESTAMP_MS,
     SAMPLE_FIELDS,
     check_endpoint,
     check_success,
     check_timestamp,
     check_value,
+    safe_repr,
+    unknown_fields_message,
     validate_fields,
     validate_sample,
 )
@@ -82,12 +98,13 @@ __all__ = ["STATUSES", "BatchResult", "DetectionPipeline", "DetectionResult"]
 logger = logging.getLogger("ocad_detectors")
 
 #: result statuses; only ``ok`` samples change detector state
-STATUSES: tuple[str, ...] = ("ok", "invalid", "duplicate", "out_of_order", "error")
+STATUSES: tuple[str, ...] = ("ok", "invalid", "duplicate", "out_of_order", "future", "refused", "error")
 _CAP_BITS = {"udp_echo": 1, "ecpri": 2, "lbm": 4}
 _CAPS_BY_BITS: tuple[frozenset[str], ...] = tuple(
     frozenset(c for c, b in _CAP_BITS.items() if m & b) for m in range(8)
 )
 _ZERO_SCORES = (0.0, 0.0, 0.0, 0.0)
+_NAN = float("nan")
 _BATCH_CHUNK = 65_536  # samples per group of endpoints in batch mode (bounds memory)
 
 
@@ -156,6 +173,13 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
     resolution_index: np.ndarray | None = None  # index into ``resolutions`` or -1
     resolutions: list[Resolution] = field(default_factory=list)
+    #: input row -> the level changes confirmed at that sample
+    changes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def change_records(self) -> list[Any]:
+        """Every level change, in input row order."""
+        return [r for i in sorted(self.changes) for r in self.changes[i]]
 
     def __len__(self) -> int:
         return len(self.status)
@@ -174,7 +198,7 @@ class BatchResult:
                     self.timestamp_ms[i], self.endpoint_id[i], str(self.status[i]),
                     {d: sc[j][i] for j, d in enumerate(DETECTORS)}, comp[i], EVIDENCE_NAMES[ev[i]],
                     self.alerts[ai[i]] if ai[i] >= 0 else None, self.error[i],
-                    self.resolutions[ri[i]] if ri[i] >= 0 else None,
+                    self.resolutions[ri[i]] if ri[i] >= 0 else None, self.changes.get(i, ()),
                 )
             )
         return out
@@ -190,6 +214,9 @@ class BatchResult:
             sev[i] = a.severity
             esc[i] = a.escalation
         resolved = self.resolution_index >= 0 if self.resolution_index is not None else np.zeros(len(self.status), dtype=bool)
+        change = np.full(len(self.status), None, dtype=object)
+        for i, recs in self.changes.items():
+            change[i] = ";".join(f"{r.signal}:{r.direction}" for r in recs)
         df = pd.DataFrame(
             {
                 "timestamp_ms": pd.array(self.timestamp_ms, dtype="Int64"),
@@ -203,6 +230,7 @@ class BatchResult:
                 "severity": pd.array(sev, dtype="string"),
                 "escalation": esc,
                 "resolved": resolved,
+                "change": pd.array(change, dtype="string"),
             }
         )
         return df
@@ -216,7 +244,8 @@ class DetectionPipeline:
     instead of the registry (tests, embedding); then :meth:`reload` has nothing to read.
     ``versions``: model name -> registry version to serve instead of production (e.g.
     ``{"tcn_ecpri": "1.1.0"}``) for evaluation and shadow scoring; pinned models ignore
-    promotions.
+    promotions. ``clock``: wall clock in seconds for the future-timestamp bound
+    (``limits.future_tolerance_ms``); tests and replays of synthetic future data pass their own.
     """
 
     def __init__(
@@ -226,6 +255,7 @@ class DetectionPipeline:
         *,
         models: ModelSet | None = None,
         versions: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = cfg = config or DetectionConfig()
         self.rules = RuleDetector(cfg.rules)
@@ -236,6 +266,15 @@ class DetectionPipeline:
         self.alerts = AlertManager(cfg.alerts)
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.RLock()
+        self._swap_lock = threading.RLock()  # held by score_frame and by a model swap
+        self._clock = clock  # wall clock (s) for the future-timestamp bound
+        self._newest_ts = -1  # newest accepted sample time, for idle eviction
+        self._next_evict_scan = -1
+        #: failed reloads (a refused model keeps the whole set in service) and the last reason
+        self.reload_failures = 0
+        self.last_reload_error: str | None = None
+        #: models refused at construction (verification or validation failed), one line each
+        self.model_errors: list[str] = []
         self._errors = WarnOnce()
         self._n = 0
         self._every = cfg.reload.check_every_samples
@@ -243,9 +282,13 @@ class DetectionPipeline:
         if models is None:
             tcn_root = cfg.resolve_model_path(model_dir, "residual") if cfg.residual.active else None
             if_root = cfg.resolve_model_path(model_dir, "multivariate") if cfg.multivariate.active else None
-            self.loader: ModelLoader | None = ModelLoader(tcn_root, if_root, pinned=versions)
+            trust = cfg.trust
+            self.loader: ModelLoader | None = ModelLoader(
+                tcn_root, if_root, pinned=versions, public_key=trust.public_key, require_signed=trust.require_signed
+            )
             self._fingerprint = self.loader.fingerprint()
             models = self.loader.load()
+            self.model_errors = list(self.loader.errors)
         else:
             self.loader = None
             self._fingerprint = ()
@@ -264,7 +307,17 @@ class DetectionPipeline:
         return self.models.versions
 
     def _apply_models(self, models: ModelSet) -> None:
-        """Swap models into the detectors (caller holds the lock or is the constructor)."""
+        """Swap models into the detectors (caller holds the lock or is the constructor); if the
+        swap fails half-way the previous set is put back and the error re-raised."""
+        old = self.models if hasattr(self, "models") else None
+        try:
+            self._apply_models_unchecked(models)
+        except BaseException:
+            if old is not None and old is not models:
+                self._apply_models_unchecked(old)
+            raise
+
+    def _apply_models_unchecked(self, models: ModelSet) -> None:
         self.models = models
         self.residual.set_models(models.tcn if self.config.residual.active else {})
         self.multivariate.set_model(models.iforest if self.config.multivariate.active else None)
@@ -296,17 +349,46 @@ class DetectionPipeline:
         """
         if self.loader is None:
             return self.model_versions
+        with self._swap_lock:
+            return self._reload()
+
+    def _reload(self) -> dict[str, str | None]:
+        assert self.loader is not None
         fp = self.loader.fingerprint()
-        new = self.loader.load(self.models)  # file I/O and hashing outside the lock
-        with self._lock:
-            self._fingerprint = fp
-            if new.versions != self.models.versions:
-                self._apply_models(new)
+        known = set(self.model_errors)
+        try:
+            new = self.loader.load(self.models)  # file I/O and hashing outside the lock
+            # a model that fails exactly as before is not part of the new set; anything else blocks
+            errors = [e for e in self.loader.errors if e not in known]
+        except Exception as exc:  # pragma: no cover - the loader reports per model
+            new, errors = self.models, [f"{type(exc).__name__}: {exc}"]
+        if not errors:
+            try:
+                with self._lock:
+                    if new.versions != self.models.versions:
+                        self._apply_models(new)
+            except Exception as exc:
+                errors = [f"swapping models in failed: {type(exc).__name__}: {exc}"]
+        self._fingerprint = fp
+        if errors:
+            self.reload_failures += 1
+            self.last_reload_error = "; ".join(errors)
+            logger.warning(
+                "model reload refused, the models in service stay (%s): %s",
+                ", ".join(f"{k} {v}" for k, v in self.model_versions.items() if v), self.last_reload_error,
+            )
+        else:
+            self.model_errors = list(self.loader.errors)
         return self.model_versions
 
     def _maybe_reload(self) -> None:
         if self.loader is not None and self.loader.fingerprint() != self._fingerprint:
-            self.reload()
+            # a batch in progress holds swaps off: try again at the next check, do not wait
+            if self._swap_lock.acquire(blocking=False):
+                try:
+                    self._reload()
+                finally:
+                    self._swap_lock.release()
 
     # ------------------------------------------------------------------ streaming
 
@@ -338,12 +420,15 @@ class DetectionPipeline:
             try:
                 return self._process(sample)
             except Exception as exc:
-                msg = f"internal error: {type(exc).__name__}: {exc}"
-                self._errors(msg, "%s (sample %r)", msg, sample)
-                ts = getattr(sample, "timestamp_ms", None) if not isinstance(sample, Mapping) else sample.get("timestamp_ms")
-                ep = getattr(sample, "endpoint_id", None) if not isinstance(sample, Mapping) else sample.get("endpoint_id")
-                t, _ = check_timestamp(ts)
-                eid, _ = check_endpoint(ep)
+                msg = f"internal error: {type(exc).__name__}: {safe_repr(exc, str)}"
+                self._errors(msg, "%s (sample %s)", msg, safe_repr(sample))
+                try:
+                    ts = getattr(sample, "timestamp_ms", None) if not isinstance(sample, Mapping) else sample.get("timestamp_ms")
+                    ep = getattr(sample, "endpoint_id", None) if not isinstance(sample, Mapping) else sample.get("endpoint_id")
+                    t, _ = check_timestamp(ts)
+                    eid, _ = check_endpoint(ep)
+                except Exception:  # a hostile sample: nothing of it is readable
+                    t, eid = None, None
                 return DetectionResult(t, eid, "error", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
 
     def process_many(self, samples: Iterable[Any]) -> list[DetectionResult]:
@@ -354,8 +439,15 @@ class DetectionPipeline:
         if vals is None:
             return DetectionResult(ts, ep, "invalid", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, err)
         ts, ep, u, c, lb, s = vals
+        limit = self._future_limit()
+        if ts > limit:
+            return DetectionResult(ts, ep, "future", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, _future_msg(ts, limit))
         e = self._endpoints.get(ep)
         if e is None:
+            if len(self._endpoints) >= self.config.limits.max_endpoints and not self._evict_for_room():
+                msg = (f"endpoint limit reached: {len(self._endpoints)} endpoints hold state (limits.max_endpoints) "
+                       f"and none has been idle for limits.endpoint_idle_ms; {ep!r} not tracked")
+                return DetectionResult(ts, ep, "refused", dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
             e = self._endpoint(ep)
         last = e.last_ts
         if last is not None and ts <= last:
@@ -363,6 +455,8 @@ class DetectionPipeline:
             msg = f"timestamp {ts} {'equals' if ts == last else 'is older than'} the newest accepted {last} of {ep}; not used"
             return DetectionResult(ts, ep, status, dict(zip(DETECTORS, _ZERO_SCORES)), 0.0, (), None, msg)
         e.last_ts = ts
+        if ts > self._newest_ts:
+            self._newest_ts = ts
         caps = e.caps
         if not e.fixed:
             bits = _caps_bits(caps)
@@ -376,7 +470,11 @@ class DetectionPipeline:
         if "lbm" not in caps:
             lb = s = float("nan")
         s0, ev = self.rules.update(e.rule, caps, ts, u, c, lb, s)
-        s1, ev1 = self.changepoint.update(e.cp, u, c, lb)
+        s1, ev1, changes, rebase = self.changepoint.update(e.cp, ts, u, c, lb)
+        for i, level, rebaselined in rebase:
+            self.rules.rebaseline(e.rule, i, level)
+            if rebaselined:
+                self.alerts.note_rebaseline(e.alert)
         s2, ev2 = self.residual.update(e.res, u, c, lb)
         s3, ev3 = self.multivariate.update(e.mv, caps, ts, u, c, lb, s)
         ev |= ev1 | ev2 | ev3
@@ -386,12 +484,32 @@ class DetectionPipeline:
         alert = None
         if emit:
             d = SampleDetails(
-                (u, c, lb), e.cp.refs, dict(e.rule.runs), list(zip(e.cp.S, e.cp.z)),
+                (u, c, lb), e.cp.refs, dict(e.rule.runs), self.changepoint.details(e.cp),
                 [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
                 self.multivariate.explain(e.mv), list(e.rule.levels),
             )
             alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
-        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution)
+        return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution, changes)
+
+    def _future_limit(self) -> int:
+        """Latest acceptable sample time (ms): wall clock plus ``limits.future_tolerance_ms``."""
+        tol = self.config.limits.future_tolerance_ms
+        return MAX_TIMESTAMP_MS if tol is None else int(self._clock() * 1000.0) + tol
+
+    def _evict_for_room(self) -> bool:
+        """At the endpoint cap: drop endpoints idle for ``limits.endpoint_idle_ms`` (sample
+        time); whether there is room now. Scans at most once per tenth of the idle time."""
+        idle_ms = self.config.limits.endpoint_idle_ms
+        if self._newest_ts < self._next_evict_scan:
+            return False
+        self._next_evict_scan = self._newest_ts + max(idle_ms // 10, 1)
+        cutoff = self._newest_ts - idle_ms
+        gone = [k for k, e in self._endpoints.items() if e.last_ts is None or e.last_ts < cutoff]
+        for k in gone:
+            del self._endpoints[k]
+        if gone:
+            logger.info("endpoint limit: evicted %d endpoints idle for more than %d ms", len(gone), idle_ms)
+        return len(self._endpoints) < self.config.limits.max_endpoints
 
     def reset(self) -> None:
         """Forget every endpoint's state (buffers, sums, episodes); models stay."""
@@ -455,7 +573,7 @@ class DetectionPipeline:
         ``ValueError`` when ``timestamp_ms`` or ``endpoint_id`` is missing or no signal column
         exists. ``progress(n)`` is called with the number of samples finished so far.
         """
-        with self._lock:
+        with self._swap_lock:  # models stay put for the whole run; process() is not blocked
             return _BatchRun(self, frame, progress).run()
 
 
@@ -490,16 +608,21 @@ class _BatchRun:
             raise ValueError(f"frame has no signal column ({', '.join((*VALUE_SIGNALS, 'lbm_success'))}); columns are {sorted(cols)}")
         raw = {name: _column(f, name, n) for name in SAMPLE_FIELDS}
         suspect = np.zeros(n, dtype=bool)
+        # unknown columns make every row invalid, exactly as unknown keys of a streamed mapping
+        unknown_msg = unknown_fields_message([c for c in f.columns if c not in SAMPLE_FIELDS])
+        if unknown_msg:
+            suspect[:] = True
 
         # timestamps
         tcol = raw["timestamp_ms"]
         ts = np.zeros(n, dtype=np.int64)
         if tcol.dtype.kind in "iu":
-            ts = tcol.astype(np.int64)
-            suspect |= ts < 0
+            big = tcol > MAX_TIMESTAMP_MS  # also keeps uint64 beyond int64 from wrapping
+            ts = np.where(big, 0, tcol).astype(np.int64)
+            suspect |= (ts < 0) | big
         elif tcol.dtype.kind == "f":
             with np.errstate(invalid="ignore"):
-                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (np.abs(tcol) < 2.0**63)
+                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (tcol <= MAX_TIMESTAMP_MS)
             ts = np.where(ok, tcol, 0).astype(np.int64)
             suspect |= ~ok
         else:
@@ -543,7 +666,7 @@ class _BatchRun:
         self.ep_out: list[str | None] = eps.tolist()
         u, c, lb = vals
         for i in np.flatnonzero(suspect).tolist():
-            errors: list[str] = []
+            errors: list[str] = [unknown_msg] if unknown_msg else []
             t, eid, tup = validate_fields(
                 raw["timestamp_ms"][i], raw["endpoint_id"][i], raw["udp_echo_rtt_ms"][i], raw["ecpri_ow_us"][i],
                 raw["lbm_rtt_ms"][i], raw["lbm_success"][i], raw["input_error"][i], errors,
@@ -555,6 +678,10 @@ class _BatchRun:
                 self.error[i] = "; ".join(errors)
             else:
                 ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
+        limit = self.p._future_limit()
+        for i in np.flatnonzero((self.status == "ok") & (ts > limit)).tolist():
+            self.status[i] = "future"
+            self.error[i] = _future_msg(int(ts[i]), limit)
         self.valid = self.status == "ok"
         self.ts = ts
         self.eps = eps
@@ -650,6 +777,7 @@ class _BatchRun:
         self.alerts: list[Alert] = []
         self.resolution_index = np.full(n, -1, dtype=np.int64)
         self.resolutions: list[Resolution] = []
+        self.change_rows: list[tuple[int, tuple[Any, ...]]] = []
         groups = self._order()
         done = int((~self.valid).sum())
         chunk: list[tuple[str, np.ndarray]] = []
@@ -672,6 +800,7 @@ class _BatchRun:
         return BatchResult(
             self.ts_out, self.ep_out, self.status, self.error, dict(zip(DETECTORS, self.S)),
             self.composite, self.ev, self.alert_index, self.alerts, self.resolution_index, self.resolutions,
+            dict(self.change_rows),
         )
 
     def _caps(self, ep: str, u: np.ndarray, c: np.ndarray, lb: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -696,16 +825,19 @@ class _BatchRun:
             c = np.where(has["ecpri"], self.c[rows], np.nan)
             lb = np.where(has["lbm"], self.lb[rows], np.nan)
             s = np.where(has["lbm"], self.s[rows], np.nan)
-            c_score, c_ev, Ss, zs = p.changepoint.score_series(ep, u, c, lb)
+            ts_l = self.ts[rows].tolist()
+            c_score, c_ev, ch_by, rb_by, cp_det = p.changepoint.score_series(ep, ts_l, u, c, lb)
             r_score, r_ev, runs, levels = p.rules.score_series(
-                ep, [_CAPS_BY_BITS[b] for b in caps.tolist()], self.ts[rows].tolist(), u, c, lb, s
+                ep, [_CAPS_BY_BITS[b] for b in caps.tolist()], ts_l, u, c, lb, s, rb_by
             )
+            for j, recs in ch_by.items():
+                self.change_rows.append((int(rows[j]), recs))
             rj = p.residual.prepare_series(ep, (u, c, lb))
             caps_list = list(_CAPS_BY_BITS)
             mj = p.multivariate.prepare_series(
                 ep, self.ts[rows] / 1000.0, dict(zip(METRIC_TYPES, (u, c, lb))), s, caps, caps_list
             )
-            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, (runs, levels), c_score, c_ev, Ss, zs, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
+            prepared.append((ep, rows, (u, c, lb, s), r_score, r_ev, (runs, levels), c_score, c_ev, (rb_by, cp_det), None, len(res_jobs), len(rj), len(mv_jobs), len(mj)))
             res_jobs += rj
             mv_jobs += mj
         preds = _predict_all(res_jobs)
@@ -734,9 +866,9 @@ class _BatchRun:
             self.composite[rows] = comp
             self.ev[rows] = ev
             T = {job[0]: job[5] for job in res_jobs[r0 : r0 + rn]}
-            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, zs, (P, R, T), mv_at)
+            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, (P, R, T), mv_at)
 
-    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, Ss, zs, res, mv_at) -> None:
+    def _alerts(self, ep, rows, ev, comp, scores, vals, runs, cp, res, mv_at) -> None:
         """The alert state machine over the endpoint's accepted samples: the very step the
         streaming path takes, sample by sample, so both give the same alerts and resolutions."""
         p = self.p
@@ -749,8 +881,12 @@ class _BatchRun:
         refs = p.changepoint._refs(ep)
         step = am.step
         P, R, T = res
+        rb_by, cp_det = cp
         for j in range(len(ts_l)):
             t = ts_l[j]
+            rb = rb_by.get(j)
+            if rb is not None and any(x[2] for x in rb):
+                am.note_rebaseline(st)
             emit, esc, sev, res = step(st, ep, t, ev_l[j], comp_l[j], crit_l[j])
             if res is not None:
                 self.resolution_index[rows[j]] = len(self.resolutions)
@@ -768,7 +904,7 @@ class _BatchRun:
             lvl = lv_all[j]
             d = SampleDetails(
                 (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs_.items()},
-                [(float(Ss[i][j]), float(zs[i][j])) for i in range(3)],
+                cp_det[j] or [(False, _NAN, None)] * 3,
                 [(float(P[i][j]), float(R[i][j]), T[i]) if R[i][j] == R[i][j] else None for i in range(3)],
                 top_feature(mv[0], mv[1], mv[2]) if mv is not None else None,
                 [None if lvl[i, 0] != lvl[i, 0] else (float(lvl[i, 0]), float(lvl[i, 1])) for i in range(3)],
@@ -778,6 +914,11 @@ class _BatchRun:
             alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
             self.alert_index[rows[j]] = len(self.alerts)
             self.alerts.append(alert)
+
+
+def _future_msg(ts: int, limit: int) -> str:
+    return (f"timestamp {ts} is more than limits.future_tolerance_ms ahead of the wall clock "
+            f"(latest accepted now: {limit}); clock glitch? not used")
 
 
 def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:

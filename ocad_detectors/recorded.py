@@ -10,7 +10,9 @@ Timestamps may be epoch seconds, epoch milliseconds or ISO 8601 text with or wit
 (text without a zone is read as UTC). Values given with a unit (the long form's ``unit`` column,
 or ``units`` for wide columns) are converted to the signal's own unit (ms, µs). Exact duplicate
 rows are removed; two different values for the same (endpoint, timestamp, signal) are an error.
-Rows are sorted by (timestamp, endpoint); gaps in time stay gaps (no interpolation).
+Rows are sorted by (timestamp, endpoint); gaps in time stay gaps (no interpolation). Raw
+sentinel codes for a missing reply (``missing_values``, e.g. RIPE Atlas ``-3``/``-4``) are read
+as missing values.
 
 Every problem in a file is collected before failing, and the error names the file, the row
 (1-based line in a CSV file, counting the header as line 1; row position in Parquet) and the
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordedDataError", "ReadOptions", "Problem", "read_samples", "list_files", "to_epoch_ms", "UNIT_FACTORS"]
 
+#: 9999-12-31T23:59:59.999Z (the bound of :mod:`ocad_detectors.samples`)
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+MAX_COLUMNS = 1_000
 TIMESTAMP_CANDIDATES = ("timestamp", "timestamp_ms", "time", "ts", "datetime")
 LONG_COLUMNS = ("metric_name", "value")
 
@@ -78,8 +83,15 @@ class ReadOptions:
     signal_map: Mapping[str, str] = field(default_factory=dict)  # source name -> OCAD signal
     units: Mapping[str, str] = field(default_factory=dict)  # wide column -> unit of its values
     keep_columns: tuple[str, ...] = ("is_anomaly", "anomaly_type")  # label columns carried through
+    #: raw values that stand for a missing reply, compared before any unit conversion (e.g.
+    #: RIPE Atlas writes -3 for a timeout and -4 for an error): read as missing, not as errors
+    missing_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "missing_values", tuple(float(v) for v in self.missing_values))
+        except (TypeError, ValueError):
+            raise ValueError(f"missing_values must be numbers, got {self.missing_values!r}") from None
         if self.format not in ("auto", "wide", "long"):
             raise ValueError(f"format must be auto, wide or long, got {self.format!r}")
         if self.timestamp_unit not in ("auto", "s", "ms", "iso"):
@@ -115,6 +127,14 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     import pandas as pd
 
     suffix = path.suffix.lower()
+    if suffix == ".csv":  # refuse an absurd header before pandas spends minutes on it
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                first = fh.readline(1 << 22)
+        except OSError as e:
+            raise RecordedDataError([Problem(str(path), None, None, f"cannot be read: {e}")]) from None
+        if len(first) >= 1 << 22 or first.count(",") >= MAX_COLUMNS:
+            raise RecordedDataError([Problem(str(path), None, None, f"more than {MAX_COLUMNS} columns in the header; not a samples file")])
     try:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]), 2
@@ -133,6 +153,12 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
     """
     import pandas as pd
 
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        # a datetime column (Parquet timestamp): its integers are ns (or another unit), not ms
+        dt = values.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+        ns = dt.astype("datetime64[ns]").to_numpy().view(np.int64).astype(float)
+        out = np.where(dt.isna().to_numpy(), np.nan, ns / 1e6)
+        return out, np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)
     num = pd.to_numeric(values, errors="coerce")
     out = np.full(len(values), np.nan)
     is_num = num.notna().to_numpy()
@@ -151,7 +177,7 @@ def to_epoch_ms(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.n
         ms = np.full(int(text.sum()), np.nan)
         ms[ok] = parsed[ok].astype("int64").to_numpy() / 1e6
         out[text] = ms
-    good = np.isfinite(out) & (out >= 0)
+    good = np.isfinite(out) & (out >= 0) & (out <= MAX_TIMESTAMP_MS)  # 9.3e18 would wrap in int64
     return out, good
 
 
@@ -174,6 +200,15 @@ def _to_success(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     out = np.where(s.isin(_TRUE), 1.0, np.where(s.isin(_FALSE), 0.0, np.nan))
     bad = values.notna().to_numpy() & np.isnan(out)
     return out, bad
+
+
+def blank_missing(v: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
+    """Sentinel values (a raw code for "no reply") become NaN, i.e. a missing reply."""
+    if not sentinels:
+        return v
+    out = v.copy()
+    out[np.isin(out, np.asarray(sentinels, dtype=float))] = np.nan
+    return out
 
 
 def _convert(v: np.ndarray, from_unit: str, signal: str) -> np.ndarray:
@@ -225,6 +260,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
                 v, bad = _to_success(raw[c])
             else:
                 v, bad = _to_float(raw[c])
+                v = blank_missing(v, options.missing_values)
                 if c in options.units:
                     v = _convert(v, options.units[c], sig)
             for i in np.flatnonzero(bad)[:50]:
@@ -245,7 +281,7 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
     is_succ = (sig == "lbm_success").to_numpy()
     val, bad = _to_float(raw["value"])
     sv, sbad = _to_success(raw["value"])
-    val = np.where(is_succ, sv, val)
+    val = np.where(is_succ, sv, blank_missing(val, options.missing_values))
     bad = np.where(is_succ, sbad, bad)
     for i in np.flatnonzero(bad)[:50]:
         problems.append(Problem(f, int(rows[i]), "value", f"not a {'boolean' if is_succ[i] else 'number'}: {raw['value'].iloc[i]!r}"))

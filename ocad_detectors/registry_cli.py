@@ -7,8 +7,11 @@ Examples::
     ocad-models show tcn_udp_echo 1.1.0 --verify
     ocad-models promote tcn_udp_echo 1.1.0 --reason "better MAE on week 12"
     ocad-models rollback tcn_udp_echo --reason "false alarms after promotion"
+    ocad-models keygen --out /etc/ocad/signing     # signing.key (private) + signing.pub
+    ocad-models --public-key /etc/ocad/signing.pub --require-signed show tcn_ecpri --verify
 
-Exit codes: 0 success, 2 registry error (one ``error: ...`` line on stderr) or bad usage.
+Exit codes: 0 success, 2 registry error (one ``error: ...`` line on stderr) or bad usage,
+1 unexpected internal error (also one line).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any
 from ocad_detectors.registry import (
     ENV_VAR,
     RESERVED_METADATA_KEYS,
+    SIGNING_KEY_ENV,
     ModelRegistry,
     RegistryError,
+    generate_signing_key,
 )
 
 __all__ = ["main", "build_parser"]
@@ -62,20 +67,29 @@ def _cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
         print(f"no models in {reg.root}")
         return 0
     rows = []
+    refused = []
     for name in models:
-        versions = reg.list_versions(name)
+        try:
+            versions = reg.list_versions(name)
+            production = reg.production_version(name)
+        except RegistryError as exc:  # one broken model does not hide the others
+            refused.append(str(exc))
+            rows.append([name, "REFUSED", None, None, None])
+            continue
         latest = versions[-1] if versions else None
         rows.append(
             [
                 name,
-                reg.production_version(name),
+                production,
                 len(versions),
                 latest.version if latest else None,
                 latest.created_at if latest else None,
             ]
         )
     print(_table(["MODEL", "PRODUCTION", "VERSIONS", "LATEST", "LATEST CREATED_AT"], rows))
-    return 0
+    for msg in refused:
+        print(f"error: {msg}", file=sys.stderr)
+    return 2 if refused else 0
 
 
 def _cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
@@ -107,13 +121,19 @@ def _cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
         shown = f"{{{', '.join(sorted(map(str, value)))}}}" if isinstance(value, Mapping) else _fmt(value)
         header.append((key, shown if len(shown) <= 80 else shown[:77] + "..."))
     if args.verify:
-        reg.load_version(name, version)  # raises ModelIntegrityError on any mismatch
-        header.append(("integrity", "OK (all file sizes and sha256 verified)"))
+        loaded = reg.load_version(name, version)  # raises ModelIntegrityError on any mismatch
+        reg.validate(loaded)  # and what the detectors would refuse
+        how = {
+            "signed": "manifest signature verified",
+            "hashed": "manifest sha256 matches the index",
+            "legacy": "legacy version: manifest not covered by a hash",
+        }[loaded.trust]
+        header.append(("integrity", f"OK (all file sizes and sha256 verified, {how}, model checks passed)"))
     width = max(len(k) for k, _ in header) + 1
     for key, shown in header:
         print(f"{key + ':':<{width}} {shown}")
 
-    files = meta.get("files", {})
+    files = meta["files"]
     print("\nfiles:")
     print(
         _table(
@@ -158,12 +178,23 @@ def _cmd_rollback(reg: ModelRegistry, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(reg: ModelRegistry, args: argparse.Namespace) -> int:
+    priv, pub = f"{args.out}.key", f"{args.out}.pub"
+    try:
+        kid = generate_signing_key(priv, pub)
+    except FileExistsError:
+        raise RegistryError(f"{priv} exists; not overwriting a signing key") from None
+    print(f"wrote {priv} (private, mode 0600; set ${SIGNING_KEY_ENV} to it where models are trained)")
+    print(f"wrote {pub} (public; detection.trust.public_key of the detectors), key id {kid}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocad-models",
         description="Inspect OCAD's model registry and move the production pointer.\n"
         "Versions are immutable; promote and rollback only change which one is served.",
-        epilog="examples:\n" + _EXAMPLES + "\n\nexit codes: 0 ok, 2 registry error or bad usage",
+        epilog="examples:\n" + _EXAMPLES + "\n\nexit codes: 0 ok, 2 registry error or bad usage, 1 internal error",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -171,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         default=None,
         help=f"registry root directory (default: ${ENV_VAR} or data/models)",
+    )
+    parser.add_argument(
+        "--public-key", metavar="PEM", default=None,
+        help="Ed25519 public key: verify manifest signatures (as detection.trust.public_key)",
+    )
+    parser.add_argument(
+        "--require-signed", action="store_true",
+        help="refuse versions without a valid signature (needs --public-key)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -212,18 +251,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="model name")
     p.add_argument("--reason", default="", help="why; recorded in the model's history")
     p.set_defaults(func=_cmd_rollback)
+
+    p = sub.add_parser(
+        "keygen",
+        help="create an Ed25519 key pair for signing model versions",
+        description=f"Write OUT.key (private, for ${SIGNING_KEY_ENV} on the training side) and "
+        "OUT.pub (public, for detection.trust.public_key).",
+    )
+    p.add_argument("--out", required=True, metavar="PREFIX", help="path prefix of the two PEM files")
+    p.set_defaults(func=_cmd_keygen)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    reg = ModelRegistry(args.root)
     try:
+        reg = ModelRegistry(args.root, public_key=args.public_key, require_signed=args.require_signed)
         return int(args.func(reg, args))
     except (RegistryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # root is a file, disk full, permissions, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # never a traceback: one line naming the problem
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

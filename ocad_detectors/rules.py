@@ -205,15 +205,15 @@ class RuleDetector:
 
     def score_series(
         self, endpoint_id: str, caps_seq: list[frozenset[str]], ts: list[int], u: np.ndarray, c: np.ndarray,
-        lb: np.ndarray, s: np.ndarray, rebaselines: Mapping[int, list[tuple[int, float]]] | None = None,
+        lb: np.ndarray, s: np.ndarray, rebaselines: Mapping[int, tuple[tuple[int, float, bool], ...]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """Batch over one endpoint's accepted, masked series: (score, evidence bits, loss runs,
         rule levels: an ``(n, 3, 2)`` array of (warning, critical) per delay signal, NaN = none).
 
         The streaming :meth:`update` runs sample by sample (the rules are cheap, and this way
         both paths agree exactly); ``rebaselines`` maps a sample index to the ``(signal index,
-        level)`` re-anchorings the change detector confirmed at that sample, applied after it
-        as streaming does."""
+        level, re-baselined)`` new baselines the change detector set at that sample, applied after it
+        as streaming does (see :meth:`ChangePointDetector.update`)."""
         n = len(ts)
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
@@ -232,6 +232,6 @@ class RuleDetector:
             for i, lv in enumerate(st.levels):
                 if lv is not None:
                     levels[j, i] = lv
-            for i, level in rb.get(j, ()):
+            for i, level, _ in rb.get(j, ()):
                 self.rebaseline(st, i, level)
         return score, ev, runs, levels

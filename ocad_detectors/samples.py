@@ -15,7 +15,8 @@ absent key / column              supports this counts as loss (see ``RuleDetecto
 signal's ``max_value``           anything above cannot be a real measurement).
 strings, bools for delays,       *invalid* sample; strings are never coerced ("3.5" is an error,
 other types                      so a mis-typed feed is noticed instead of half-parsed).
-timestamp not an integer ≥ 0     *invalid* (epoch milliseconds; an integral float is accepted).
+timestamp not an integer in      *invalid* (epoch milliseconds; an integral float is accepted).
+[0, MAX_TIMESTAMP_MS]            Later than the wall clock (+ tolerance): ``future``, see pipeline.
 empty / non-string endpoint_id   *invalid*.
 unknown key in a mapping         *invalid* (a typo such as ``udp_echo_rtt`` must not silently
                                  become "missing" and raise loss alarms).
@@ -52,8 +53,13 @@ __all__ = [
     "check_endpoint",
     "check_success",
     "check_timestamp",
+    "check_units",
     "check_value",
+    "MAX_COLUMNS",
+    "MAX_TIMESTAMP_MS",
     "detect_format",
+    "safe_repr",
+    "unknown_fields_message",
     "iter_samples",
     "long_to_wide",
     "read_samples",
@@ -68,6 +74,11 @@ SAMPLE_FIELDS: tuple[str, ...] = ("timestamp_ms", "endpoint_id", *SIGNAL_ORDER, 
 _NAN = float("nan")
 _LONG_COLUMNS = ("metric_name", "value")
 _TIMESTAMP_CANDIDATES = ("timestamp_ms", "timestamp", "time", "ts", "datetime")
+#: 9999-12-31T23:59:59.999Z: no probe stamps later; larger values are garbage (2**63, 1e20)
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+#: a file with more columns than this is refused before parsing (a header-only CSV with
+#: 100k columns would otherwise take minutes)
+MAX_COLUMNS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +111,46 @@ def _is_na(v: Any) -> bool:
     return t.__name__ in ("NAType", "NaTType") and t.__module__.startswith("pandas")
 
 
+def safe_repr(v: Any, fn: Any = repr, limit: int = 200) -> str:
+    """``repr`` (or ``fn``) of anything, shortened; never raises (a 10**5000 int or an object
+    whose ``__repr__`` raises still gets a description)."""
+    try:
+        if type(v) is int and v.bit_length() > 128:
+            return f"<int with {v.bit_length()} bits>"
+        r = fn(v)
+        if not isinstance(r, str):
+            raise TypeError
+    except Exception:
+        try:
+            r = f"<unprintable {type(v).__name__}>"
+        except Exception:  # pragma: no cover - type() always has a name
+            r = "<unprintable>"
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _show(v: Any) -> str:
-    r = repr(v)
-    return r if len(r) <= 40 else r[:37] + "..."
+    return safe_repr(v, limit=40)
+
+
+def unknown_fields_message(keys: Any) -> str | None:
+    """The error for keys / columns that are not sample fields (None when there are none)."""
+    unknown = [k for k in keys if not (isinstance(k, str) and k in SAMPLE_FIELDS)]
+    if not unknown:
+        return None
+    return (
+        f"unknown field(s) {', '.join(safe_repr(k, limit=40) for k in unknown[:10])}"
+        + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        + f"; a sample has timestamp_ms, endpoint_id and the signals {', '.join(SIGNAL_ORDER)}"
+    )
 
 
 def check_timestamp(v: Any) -> tuple[int | None, str | None]:
     """Epoch milliseconds as int, or an error message."""
     if type(v) is int:
         if v < 0:
-            return None, f"timestamp_ms: must be >= 0 epoch milliseconds, got {v}"
+            return None, f"timestamp_ms: must be >= 0 epoch milliseconds, got {_show(v)}"
+        if v > MAX_TIMESTAMP_MS:
+            return None, f"timestamp_ms: {_show(v)} is beyond the year 9999 (epoch milliseconds expected)"
         return v, None
     if _is_na(v):
         return None, "timestamp_ms: missing"
@@ -119,7 +160,9 @@ def check_timestamp(v: Any) -> tuple[int | None, str | None]:
         return check_timestamp(int(v))
     if isinstance(v, (float, np.floating)):
         f = float(v)
-        if math.isfinite(f) and f == math.floor(f) and abs(f) < 2**63:
+        if math.isfinite(f) and f == math.floor(f):
+            if abs(f) > 2**62:
+                return None, f"timestamp_ms: {f!r} is beyond the year 9999 (epoch milliseconds expected)"
             return check_timestamp(int(f))
         return None, f"timestamp_ms: expected integer epoch milliseconds, got {f!r}"
     return None, f"timestamp_ms: expected integer epoch milliseconds, got {type(v).__name__} {_show(v)}"
@@ -145,7 +188,10 @@ def check_value(name: str, v: Any) -> tuple[float, str | None]:
     elif isinstance(v, (bool, np.bool_)):
         return _NAN, f"{name}: expected a number in {SIGNALS[name].unit}, got a bool"
     elif isinstance(v, (int, float, np.integer, np.floating)):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond float range (10**400)
+            return _NAN, f"{name}: absurd value {_show(v)} (too large for a number in {SIGNALS[name].unit})"
     elif _is_na(v):
         return _NAN, None
     else:
@@ -173,7 +219,10 @@ def check_success(v: Any) -> tuple[float, str | None]:
     if _is_na(v):
         return _NAN, None
     if isinstance(v, (int, float, np.integer, np.floating)):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:
+            return _NAN, f"lbm_success: expected true/false (or 1/0), got {_show(v)}"
         if f == 1.0 or f == 0.0:
             return f, None
         return _NAN, f"lbm_success: expected true/false (or 1/0), got {f:g}"
@@ -221,6 +270,13 @@ def validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | 
     ``timestamp_ms``/``endpoint_id`` are whatever could be read (for the result); ``error`` names
     every bad field.
     """
+    try:
+        return _validate_sample(sample)
+    except Exception as exc:  # a hostile object (raising __getitem__, __iter__, __eq__, ...)
+        return None, None, None, f"unreadable sample ({safe_repr(type(sample).__name__, str)}): {type(exc).__name__}: {safe_repr(exc, str)}"
+
+
+def _validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | None, str | None]:
     errors: list[str] = []
     if type(sample) is Sample:
         t, eid, vals = validate_fields(
@@ -228,12 +284,9 @@ def validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str | 
             sample.lbm_rtt_ms, sample.lbm_success, sample.input_error, errors,
         )
     elif isinstance(sample, Mapping):
-        unknown = [k for k in sample if k not in SAMPLE_FIELDS]
-        if unknown:
-            errors.append(
-                f"unknown field(s) {', '.join(repr(k) for k in unknown)}; a sample has "
-                f"timestamp_ms, endpoint_id and the signals {', '.join(SIGNAL_ORDER)}"
-            )
+        unknown_msg = unknown_fields_message(list(sample))
+        if unknown_msg:
+            errors.append(unknown_msg)
         g = sample.get
         t, eid, vals = validate_fields(
             g("timestamp_ms"), g("endpoint_id"), g("udp_echo_rtt_ms"), g("ecpri_ow_us"),
@@ -271,7 +324,18 @@ def _timestamps_ms(col: pd.Series, auto_seconds: bool = True) -> np.ndarray:
     """
     import pandas as pd
 
+    if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(col.dtype):
+        # a datetime column (Parquet timestamp): its integers are ns (or another unit), not ms
+        dt = col.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(col.dtype, pd.DatetimeTZDtype) else col
+        ns = dt.astype("datetime64[ns]").to_numpy().view(np.int64)
+        na = dt.isna().to_numpy()
+        out = np.empty(len(col), dtype=object)
+        for i, (n, missing) in enumerate(zip(ns.tolist(), na.tolist())):
+            out[i] = None if missing else (n // 1_000_000 if n % 1_000_000 == 0 else n / 1e6)
+        return out
     if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        if col.dtype.kind == "u" and len(col) and col.max() > MAX_TIMESTAMP_MS:  # 20 digits: no int64
+            return col.to_numpy(dtype=object)
         v = col.to_numpy(dtype=np.int64)
         return np.where(np.abs(v) < 100_000_000_000, v * 1000, v) if auto_seconds else v
     raw = col.to_numpy(dtype=object)
@@ -284,7 +348,8 @@ def _timestamps_ms(col: pd.Series, auto_seconds: bool = True) -> np.ndarray:
         ms = np.where(np.abs(v) < 1e11, v * 1000.0, v) if auto_seconds else v
         integral = ms == np.floor(ms)
         for i, m, ok in zip(idx.tolist(), ms.tolist(), integral.tolist()):
-            out[i] = int(m) if ok else m  # a fractional millisecond stays a float: reported invalid
+            # a fractional millisecond (or one beyond any date) stays a float: reported invalid
+            out[i] = int(m) if ok and abs(m) <= MAX_TIMESTAMP_MS else m
     text = ~is_num & np.array([isinstance(x, str) for x in raw], dtype=bool)
     if text.any():
         parsed = pd.to_datetime(pd.Series(raw[text]).astype(str), errors="coerce", utc=True, format="ISO8601")
@@ -407,11 +472,48 @@ def _apply_units(values: np.ndarray, units: np.ndarray | str | None, signal: str
     return out, errs
 
 
+def _header_columns(p: Path) -> list[str] | None:
+    """Column names from the file's header / schema without reading the data, refusing more
+    than :data:`MAX_COLUMNS` (None when the header cannot be read: the parser reports it)."""
+    import csv
+
+    if p.suffix.lower() == ".csv":
+        try:
+            with open(p, newline="", encoding="utf-8", errors="replace") as fh:
+                first = fh.readline(1 << 22)  # 4 MiB is far more than any sane header
+        except OSError:
+            return None
+        if len(first) >= 1 << 22 or first.count(",") >= MAX_COLUMNS:
+            raise ValueError(f"{p}: more than {MAX_COLUMNS} columns in the header; not a samples file")
+        return next(csv.reader([first]), [])
+    try:
+        import pyarrow.parquet as pq
+
+        names = list(pq.read_schema(p).names)
+    except Exception:
+        return None
+    if len(names) > MAX_COLUMNS:
+        raise ValueError(f"{p}: {len(names)} columns, more than {MAX_COLUMNS}; not a samples file")
+    return names
+
+
+def check_units(units: Mapping[str, str]) -> None:
+    """``ValueError`` naming a unit or signal that ``--unit`` cannot mean."""
+    from ocad_detectors.recorded import UNIT_FACTORS
+
+    for sig, unit in units.items():
+        if sig not in VALUE_SIGNALS:
+            raise ValueError(f"unit given for {sig!r}, which is not a delay signal; known: {', '.join(VALUE_SIGNALS)}")
+        if str(unit).strip() not in UNIT_FACTORS:
+            raise ValueError(f"unknown unit {unit!r} for {sig}; known: {', '.join(UNIT_FACTORS)}")
+
+
 def read_samples(
     path: str | Path,
     fmt: str = "auto",
     signal_map: Mapping[str, str] | None = None,
     units: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file into a wide frame, one row per sample, in file order.
 
@@ -424,12 +526,20 @@ def read_samples(
     bad cell stays in the frame as it was read and becomes an ``invalid`` result, so every
     sample in the file yields exactly one result. Columns of the returned frame:
     ``timestamp_ms`` (ints where readable), ``endpoint_id``, the four signals, ``input_error``.
-    Raises ``ValueError`` for an unreadable file or one without timestamp / endpoint columns.
+    Raises ``ValueError`` for an unreadable file or one without timestamp / endpoint columns,
+    duplicate column names, more than :data:`MAX_COLUMNS` columns, unknown ``units``, and
+    (with ``strict``) columns it does not know; without ``strict`` those are listed in
+    ``frame.attrs["ignored_columns"]`` for the caller to warn about.
     """
     import pandas as pd
 
     p = Path(path)
     suffix = p.suffix.lower()
+    header = _header_columns(p) if suffix in (".csv", ".parquet", ".pq") else None
+    if header is not None:
+        dups = sorted({c for c in header if header.count(c) > 1})
+        if dups:
+            raise ValueError(f"{p}: duplicate column(s) {dups}; which one holds the data is ambiguous")
     if suffix == ".csv":
         raw = pd.read_csv(p, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null", "None"], low_memory=False)
     elif suffix in (".parquet", ".pq"):
@@ -441,13 +551,30 @@ def read_samples(
     if bad_map:
         raise ValueError(f"signal_map targets unknown signals {bad_map}; known: {list(SIGNAL_ORDER)}")
     cols = [signal_map.get(str(c), str(c)) for c in raw.columns]
+    if len(set(cols)) != len(cols):
+        dups = sorted({c for c in cols if cols.count(c) > 1})
+        raise ValueError(f"{p}: duplicate column(s) {dups} (after --signal-map); which one holds the data is ambiguous")
     raw.columns = cols
     units = {signal_map.get(k, k): v for k, v in (units or {}).items()}
+    check_units(units)
     if fmt not in ("auto", "wide", "long"):
         raise ValueError(f"format must be auto, wide or long, got {fmt!r}")
     if fmt == "auto":
         fmt = detect_format(cols)
     ts_col = _timestamp_column(cols)
+    known = {ts_col, "endpoint_id", "input_error", *(("metric_name", "value", "unit") if fmt == "long" else SIGNAL_ORDER)}
+    ignored = [c for c in cols if c not in known]
+    if ignored:
+        hints = []
+        for c in ignored:
+            near = c.strip().lower()
+            match = next((k for k in sorted(known) if k == near or (len(near) > 4 and (k.startswith(near) or near.startswith(k)))), None)
+            hints.append(f"{c!r}" + (f" (did you mean {match!r}?)" if match else ""))
+        msg = f"{p}: unknown column(s) {', '.join(hints)}; known: {', '.join(sorted(known))} (use --signal-map NAME=SIGNAL)"
+        if strict:
+            raise ValueError(msg)
+    else:
+        msg = None
     if "endpoint_id" not in cols:
         raise ValueError(f"{p}: no endpoint_id column; columns are {cols}")
     if fmt == "long":
@@ -487,6 +614,7 @@ def read_samples(
                 m = (wide["timestamp_ms"].to_numpy(dtype=object) == raw[ts_col].iloc[i]) & (wide["endpoint_id"].to_numpy(dtype=object) == raw["endpoint_id"].iloc[i])
                 for j in np.flatnonzero(m).tolist():
                     wide.at[j, "input_error"] = unit_errs[i] if wide.at[j, "input_error"] is None else f"{wide.at[j, 'input_error']}; {unit_errs[i]}"
+        wide.attrs["ignored_columns"] = msg
         return wide
     present = [s for s in SIGNAL_ORDER if s in cols]
     if not present:
@@ -501,6 +629,7 @@ def read_samples(
         else:
             out[s] = np.full(len(raw), np.nan)
     out["input_error"] = raw["input_error"].to_numpy(dtype=object) if "input_error" in cols else None
+    out.attrs["ignored_columns"] = msg
     return out
 
 

@@ -31,6 +31,21 @@ __all__ = ["NumpyTCN", "tcn_weight_shapes"]
 _CHUNK = 768
 
 
+#: upper bounds of an architecture the runtime accepts (a manifest is input: ``seq_len: 1e9``
+#: must be refused, not allocated); far above anything the training search space produces
+ARCH_LIMITS = {"seq_len": 4096, "hidden_channels": 1024, "kernel_size": 64, "dilations": 4096}
+MAX_BLOCKS = 32
+
+
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    """An integer (an integral float from JSON too, not a bool) in ``[lo, hi]``."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return isinstance(v, int) and lo <= v <= hi
+
+
 def tcn_weight_shapes(architecture: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The exact tensor names and shapes a TCN with this architecture has (torch layout)."""
     hidden = int(architecture["hidden_channels"])
@@ -67,20 +82,19 @@ class NumpyTCN:
     """Eval-mode TCN forecaster: ``predict((batch, seq_len)) -> (batch,)`` next scaled values."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], architecture: Mapping[str, Any]) -> None:
-        try:
-            self.seq_len = int(architecture["seq_len"])
-            self.hidden_channels = int(architecture["hidden_channels"])
-            self.kernel_size = int(architecture["kernel_size"])
-            self.dilations = tuple(int(d) for d in architecture["dilations"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                "architecture needs integer seq_len, hidden_channels, kernel_size and a list "
-                f"of dilations; got {dict(architecture)!r}"
-            ) from exc
-        if min(self.seq_len, self.hidden_channels, self.kernel_size) < 1 or not self.dilations:
-            raise ValueError(f"invalid TCN architecture {dict(architecture)!r}")
-        if min(self.dilations) < 1:
-            raise ValueError(f"dilations must be >= 1, got {self.dilations}")
+        if not isinstance(architecture, Mapping):
+            raise ValueError(f"architecture must be an object, got {type(architecture).__name__}")
+        for key, hi in ARCH_LIMITS.items():
+            v = architecture.get(key)
+            if key == "dilations":
+                if not isinstance(v, list | tuple) or not 1 <= len(v) <= MAX_BLOCKS or not all(_is_int(d, 1, hi) for d in v):
+                    raise ValueError(f"architecture.dilations must be 1-{MAX_BLOCKS} integers in [1, {hi}], got {str(v)[:80]}")
+            elif not _is_int(v, 1, hi):
+                raise ValueError(f"architecture.{key} must be an integer in [1, {hi}], got {str(v)[:80]}")
+        self.seq_len = int(architecture["seq_len"])
+        self.hidden_channels = int(architecture["hidden_channels"])
+        self.kernel_size = int(architecture["kernel_size"])
+        self.dilations = tuple(int(d) for d in architecture["dilations"])
 
         expected = tcn_weight_shapes(architecture)
         missing = sorted(set(expected) - set(weights))

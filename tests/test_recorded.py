@@ -153,3 +153,56 @@ def test_pipeline_runs_on_recorded_files_and_bad_files_write_nothing(tmp_path):
     )
     assert not res.success
     assert not (tmp_path / "bad").exists()
+
+
+def test_missing_value_sentinels_become_missing_replies(tmp_path):
+    """RIPE Atlas writes -3 (timeout) and -4 (error) where a reply is missing: declared as
+    missing_values they are gaps in the series, not bad rows; other negatives still fail."""
+    text = "timestamp,endpoint_id,rtt\n1767571200,p1,71.5\n1767571440,p1,-3\n1767571680,p1,-4\n1767571920,p1,70.9\n"
+    p = _write(tmp_path, "atlas.csv", text)
+    with pytest.raises(RecordedDataError, match="row 3"):
+        load_recorded(RecordedConfig(str(p), signal_map={"rtt": "udp_echo_rtt_ms"}))
+    data, _ = load_recorded(RecordedConfig(str(p), signal_map={"rtt": "udp_echo_rtt_ms"}, missing_values=(-3, -4)))
+    v = data.samples["udp_echo_rtt_ms"].to_numpy()
+    assert len(v) == 4 and np.isnan(v[1:3]).all() and v[0] == 71.5 and v[3] == 70.9
+    # long form, and compared before unit conversion (a -3 given in µs is still the code)
+    long = _write(tmp_path, "l.csv", "timestamp,endpoint_id,metric_name,value,unit\n1767571200,p1,rtt,4100,us\n1767571205,p1,rtt,-3,us\n")
+    df, _ = read_samples(long, ReadOptions(signal_map={"rtt": "udp_echo_rtt_ms"}, missing_values=(-3,)))
+    assert df["udp_echo_rtt_ms"].iloc[0] == pytest.approx(4.1) and np.isnan(df["udp_echo_rtt_ms"].iloc[1])
+    other = _write(tmp_path, "o.csv", "timestamp,endpoint_id,rtt\n1767571200,p1,-5\n")
+    with pytest.raises(RecordedDataError, match="udp_echo_rtt_ms"):
+        load_recorded(RecordedConfig(str(other), signal_map={"rtt": "udp_echo_rtt_ms"}, missing_values=(-3, -4)))
+    with pytest.raises(ValueError, match="missing_values must be numbers"):
+        ReadOptions(missing_values=("timeout",))
+
+
+def test_operator_anomaly_types_are_kept_and_outage_start_gives_lead_time(tmp_path):
+    """Window labels may use the operator's own types and an optional outage_start, which the
+    incident table carries so that lead time is measured on recordings."""
+    rows = ["timestamp,endpoint_id,lbm_rtt_ms"] + [f"{1767571200 + 5 * i},ep,{2.0 + (0.5 if 40 <= i < 80 else 0.0)}" for i in range(120)]
+    p = _write(tmp_path, "s.csv", "\n".join(rows) + "\n")
+    lab = _write(
+        tmp_path, "w.csv",
+        "endpoint_id,start,end,anomaly_type,outage_start\n"
+        "ep,2026-01-05T00:03:20Z,2026-01-05T00:06:40Z,fiber_degradation,2026-01-05T00:05:50Z\n"
+        "ep,2026-01-05T00:08:20Z,2026-01-05T00:09:00Z,  ,\n",
+    )
+    data, _ = load_recorded(RecordedConfig(str(p), labels_path=str(lab)))
+    inc = data.incidents
+    assert inc["type"].tolist() == ["fiber_degradation", "unknown"]
+    assert inc["outage_start"].iloc[0] == T0 + 350_000 and pd.isna(inc["outage_start"].iloc[1])
+    from ocad_pipeline.schemas import INCIDENTS, RAW_SAMPLES, validate
+
+    validate(inc, INCIDENTS, "incidents")
+    validate(data.samples, RAW_SAMPLES, "samples")
+    # lead time: an alert 100 s before the outage start
+    from ocad_pipeline.evaluation import eventwise
+
+    s = data.samples
+    flagged = (s["timestamp_ms"] >= T0 + 250_000).to_numpy() & s["is_anomaly"].to_numpy()
+    ev = eventwise(s, flagged, inc)
+    assert ev.metrics["outage_incidents"] == 1 and ev.metrics["lead_time_p50_minutes"] == pytest.approx(100 / 60)
+
+    bad = _write(tmp_path, "b.csv", "endpoint_id,start,end,anomaly_type,outage_start\nep,2026-01-05T00:03:20Z,2026-01-05T00:06:40Z,x,2026-01-05T01:00:00Z\n")
+    with pytest.raises(RecordedDataError, match=r"row 2, column 'outage_start'.*\[start, end\)"):
+        load_recorded(RecordedConfig(str(p), labels_path=str(bad)))

@@ -76,3 +76,41 @@ def test_ocad_detect_rejects_a_bad_signal_map(tmp_path):
     err = io.StringIO()
     rc = detect_main([str(FIXTURES / "recorded_rtt_long.csv"), "--signal-map", "rtt"], stdout=io.StringIO(), stderr=err)
     assert rc == 2 and "--signal-map expects NAME=VALUE" in err.getvalue()
+
+
+def test_single_signal_recording_with_operator_labels_trains_evaluates_and_promotes(tmp_path):
+    """A file with one signal (UDP echo only) and the operator's own label types, one window with
+    an outage_start: the models without data are skipped and reported, the rest is trained,
+    evaluated per incident type, gated and promoted."""
+    wide = pd.read_csv(FIXTURES / "recorded_wide.csv")[["timestamp", "endpoint_id", "udp_echo_rtt_ms"]]
+    wide.to_csv(tmp_path / "udp_only.csv", index=False)
+    names = {"drift": "fiber_degradation", "concurrent": "congestion", "spike": "microburst", "correlated": "fronthaul_skew", "loss": "probe_loss"}
+    lab = pd.read_csv(FIXTURES / "recorded_labels.csv")
+    lab["anomaly_type"] = lab["anomaly_type"].map(names)
+    lab["outage_start"] = ""
+    last = (lab["endpoint_id"] == "transport-001") & (lab["start"] == "2026-01-05T03:08:00Z")
+    lab.loc[last, "outage_start"] = "2026-01-05T03:35:00Z"
+    lab.to_csv(tmp_path / "labels.csv", index=False)
+    run = {"ops": {"raw_metrics": {"config": {"source": "files", "files": {
+        "path": str(tmp_path / "udp_only.csv"), "labels_path": str(tmp_path / "labels.csv")}}}, **TINY}}
+    root = tmp_path / "data"
+    res = dg.materialize(
+        ALL_ASSETS, selection=["*model_promotion"], resources=build_resources(str(root)), run_config=run,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert res.success
+    reg = ModelRegistry(root / "models")
+    assert reg.production_version("tcn_udp_echo") == "1.0.0" and reg.production_version("isolation_forest") == "1.0.0"
+    assert not (root / "models" / "tcn_ecpri").exists() and not (root / "models" / "tcn_lbm").exists()
+    tcn_md = next(m for m in res.get_asset_materialization_events() if m.asset_key == dg.AssetKey("tcn_models"))
+    skipped = tcn_md.materialization.metadata["skipped_models"].value
+    assert set(skipped) == {"tcn_ecpri", "tcn_lbm"} and "no normal, finite ecpri windows" in skipped["tcn_ecpri"]
+    incidents = pd.read_parquet(root / "raw" / "incidents.parquet")
+    assert set(incidents["type"]) == set(names.values())
+    assert incidents["outage_start"].notna().sum() == 1
+    report = json.loads((root / "reports" / "performance_report.json").read_text())
+    assert set(report["model_info"]["versions"]) == {"tcn_udp_echo", "isolation_forest"}
+    by_type = report["detectors"]["alerts"]["eventwise"]["per_type"]
+    assert by_type and set(by_type) <= set(names.values())
+    assert report["detectors"]["alerts"]["eventwise"]["outage_incidents"] == 1  # lead time is measurable
+    assert sum(v["incidents"] for v in by_type.values()) == report["detectors"]["alerts"]["eventwise"]["incidents"]

@@ -47,6 +47,7 @@ def _write(
         "dagster_run_id": f"run-{seed}",
         "code_version": "abc123",
         "scaler": {"mean": 1.5, "std": 0.25},
+        "residual_scale": {"pooled": 1.0},
         "validation_metrics": {"mae": 0.1 + seed, "baseline_mae": 0.2, "beats_baseline": True},
     }
     files = {"weights.safetensors": save_arrays(_weights(seed))}
@@ -82,7 +83,7 @@ def test_round_trip_arrays_and_metadata(reg: ModelRegistry) -> None:
     # the loaded arrays drive the numpy model directly
     assert NumpyTCN(arrays, meta["architecture"]).predict(np.zeros(10)).shape == (1,)
     # nothing temporary left behind
-    assert sorted(p.name for p in (reg.root / "tcn_udp_echo").iterdir()) == [".lock", "1.0.0", "index.json"]
+    assert sorted(p.name for p in (reg.root / "tcn_udp_echo").iterdir()) == [".lock", "1.0.0", "history.jsonl", "index.json"]
 
 
 def test_save_load_arrays_dtypes() -> None:
@@ -263,6 +264,14 @@ def test_tampered_metadata(reg: ModelRegistry) -> None:
     meta_path = info.path / "metadata.json"
     good = meta_path.read_bytes()
     meta_path.write_bytes(good[: len(good) // 2])
+    # the index recorded the manifest's sha256: any edit is caught before parsing
+    with pytest.raises(ModelIntegrityError, match="changed after the version was registered"):
+        reg.load_version("tcn_udp_echo")
+    # a legacy index (no recorded manifest hash) still gets the structural checks
+    index_path = reg.root / "tcn_udp_echo" / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["versions"][0]["metadata_sha256"]
+    index_path.write_text(json.dumps(index))
     with pytest.raises(ModelIntegrityError, match=f"unparsable JSON in {meta_path}"):
         reg.load_version("tcn_udp_echo")
     with pytest.raises(ModelIntegrityError, match="unparsable JSON"):
@@ -280,7 +289,6 @@ def test_tampered_metadata(reg: ModelRegistry) -> None:
     meta_path.unlink()
     with pytest.raises(ModelIntegrityError, match=f"missing file {meta_path}"):
         reg.load_version("tcn_udp_echo")
-    index_path = reg.root / "tcn_udp_echo" / "index.json"
     index_path.write_text("{broken")
     with pytest.raises(ModelIntegrityError, match=f"unparsable JSON in {index_path}"):
         reg.production_version("tcn_udp_echo")
@@ -317,7 +325,7 @@ def test_failed_write_leaves_nothing(reg: ModelRegistry, monkeypatch: pytest.Mon
     with pytest.raises(OSError, match="disk full"):
         reg.write_version("tcn_udp_echo", {"a.bin": b"1", "b.bin": b"2"}, {})
     monkeypatch.undo()
-    assert sorted(p.name for p in (reg.root / "tcn_udp_echo").iterdir()) == [".lock", "1.0.0", "index.json"]
+    assert sorted(p.name for p in (reg.root / "tcn_udp_echo").iterdir()) == [".lock", "1.0.0", "history.jsonl", "index.json"]
     assert (reg.root / "tcn_udp_echo" / "index.json").read_bytes() == index_before
     assert _write(reg).version == "1.1.0"
 
@@ -428,9 +436,11 @@ def test_concurrent_writes_and_promotions_across_processes(reg: ModelRegistry) -
     assert [p.exitcode for p in procs] == [0, 0]
     index = json.loads((reg.root / "tcn_udp_echo" / "index.json").read_text())
     assert [v["version"] for v in index["versions"]] == [f"1.{i}.0" for i in range(13)]
-    assert len(index["history"]) == 13  # auto-promotion + 12 promotions of fresh versions
+    history = reg.history("tcn_udp_echo")
+    assert "history" not in index  # the index stays small: events go to history.jsonl
+    assert len(history) == 13  # auto-promotion + 12 promotions of fresh versions
     prev = None
-    for event in index["history"]:  # every event chains from the previous production
+    for event in history:  # every event chains from the previous production
         assert event["from"] == prev
         prev = event["to"]
     assert prev == index["production"]

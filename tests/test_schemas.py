@@ -47,17 +47,30 @@ def test_missing_column_and_wrong_dtype_are_named(samples):
     assert "timestamp_ms" in msg and "dtype" in msg
 
 
-def test_inconsistent_labels_and_unknown_type(samples):
+def test_inconsistent_labels_and_empty_type(samples):
     bad = samples.copy()
     bad["anomaly_type"] = bad["anomaly_type"].astype(object)
-    bad.loc[5, "anomaly_type"] = "meteor"
+    bad.loc[5, "anomaly_type"] = ""
     bad.loc[5, "is_anomaly"] = True
     bad.loc[6, "is_anomaly"] = True  # flagged but no type
     bad["anomaly_type"] = bad["anomaly_type"].astype("string")
     with pytest.raises(DataValidationError) as e:
         validate(bad, RAW_SAMPLES, "samples")
     msg = str(e.value)
-    assert "'meteor'" in msg and "anomaly_type_set_iff_is_anomaly" in msg and "[6]" in msg
+    assert "non-empty" in msg and "[5]" in msg and "anomaly_type_set_iff_is_anomaly" in msg and "[6]" in msg
+
+
+def test_operator_anomaly_types_are_accepted(samples, small_sim):
+    """Operators label with their own taxonomy: any non-empty type is valid."""
+    ok = samples.copy()
+    ok["anomaly_type"] = ok["anomaly_type"].astype(object)
+    ok.loc[5, ["anomaly_type", "is_anomaly"]] = ["fiber_cut", True]
+    ok["anomaly_type"] = ok["anomaly_type"].astype("string")
+    validate(ok, RAW_SAMPLES, "samples")
+    inc = small_sim.incidents.copy()
+    inc.loc[0, "type"] = "ptp_holdover"
+    inc.loc[0, "outage_start"] = inc.loc[0, "start"]  # an operator's outage need not follow a drift
+    validate(inc, INCIDENTS, "incidents")
 
 
 def test_duplicate_sample_rows_are_rejected(samples):

@@ -23,13 +23,19 @@ class SimulatorSettings(dg.Config):
     interval_s: float = 5.0
     start: str = "2026-01-05T00:00:00+00:00"
     incidents_per_endpoint_day: float = 9.0
-    incident_mix: dict[str, float] = {"spike": 0.25, "drift": 0.25, "loss": 0.15, "concurrent": 0.2, "correlated": 0.15}
+    incident_mix: dict[str, float] = {}  # empty: the profile's default mix
     drift_outage_probability: float = 0.6
     min_gap_minutes: float = 10.0
     seed: int = 42
+    profile: str = "realistic"  # realistic | clean (the earlier, Gaussian simulator)
+    n_wan: int = 0  # realistic only: Internet-like endpoints, 70-400 ms
+    wan_interval_s: float = 240.0
 
     def to_simulator_config(self) -> SimulatorConfig:
-        return SimulatorConfig(**self.model_dump())
+        try:
+            return SimulatorConfig(**self.model_dump())
+        except ValueError as e:
+            raise dg.Failure(f"raw_metrics: bad simulator settings: {e}") from None
 
 
 class RecordedFilesSettings(dg.Config):
@@ -42,6 +48,7 @@ class RecordedFilesSettings(dg.Config):
     units: dict[str, str] = {}  # unit of wide columns, e.g. {"ecpri_ow_us": "ms"} -> converted to µs
     labels_path: Optional[str] = None  # labels file: per sample or start/end windows
     endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
+    missing_values: list[float] = []  # raw codes for "no reply", e.g. [-3, -4] (RIPE Atlas): read as missing
 
 
 class RawMetricsConfig(dg.Config):
@@ -58,6 +65,7 @@ RAW_FILES = {
     "endpoints": "raw/endpoints.parquet",
     "labels": "processed/anomaly_labels.csv",
     "source": "raw/source.parquet",
+    "benign": "raw/benign_events.parquet",
 }
 
 
@@ -89,8 +97,8 @@ def anomaly_share_table(samples: pd.DataFrame) -> str:
 def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
     """CFM-lite samples (udp_echo_rtt_ms, ecpri_ow_us [µs], lbm_rtt_ms, lbm_success) per endpoint
     with per-sample labels and an incident table. Source ``simulator`` (default): a seeded fleet
-    of O-RU / O-DU / transport endpoints with incident episodes (spike, drift, loss, concurrent,
-    correlated). Source ``files``: recorded CSV/Parquet files (wide or long), labels optional.
+    of O-RU / O-DU / transport endpoints; profile ``realistic`` (default: heavy-tailed queueing,
+    benign spikes and route steps, small and large incidents of nine types) or ``clean``. Source ``files``: recorded CSV/Parquet files (wide or long), labels optional.
     Written to data/raw/ and data/processed/anomaly_labels.csv."""
     if config.source == "simulator":
         sim = simulate(config.simulator.to_simulator_config())
@@ -101,7 +109,9 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         if not f.path:
             raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
         sim, report = load_recorded(
-            RecordedConfig(f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles)
+            RecordedConfig(
+                f.path, f.format, f.timestamp_unit, f.signal_map, f.units, f.labels_path, f.endpoint_roles, tuple(f.missing_values)
+            )
         )
         source = {
             "source": "files",
@@ -121,6 +131,8 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         "endpoints": sim.endpoints,
         "labels": sim.labels,
         "source": pd.DataFrame([source]),
+        # unlabelled benign events (realistic simulator; empty otherwise): count false alerts on them
+        "benign": sim.benign.astype({"endpoint_id": "string", "kind": "string", "start": "int64", "end": "int64", "magnitude": float}),
     }
     # plot the endpoint that shows the most incident types
     types_per_ep = sim.incidents.groupby("endpoint_id")["type"].nunique()
@@ -132,6 +144,10 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         "endpoints": len(sim.endpoints),
         "incidents": len(sim.incidents),
         "anomaly_share": float(sim.samples["is_anomaly"].mean()),
+        # unlabelled benign events of the realistic simulator (route steps, single-sample spikes)
+        "benign_events": dg.MetadataValue.json(
+            {str(k): int(v) for k, v in sim.benign["kind"].str.split(":").str[0].value_counts().items()} if len(sim.benign) else {}
+        ),
         "anomaly_share_by_type": dg.MetadataValue.md(anomaly_share_table(sim.samples)),
         "incidents_by_type": dg.MetadataValue.md(
             sim.incidents.groupby(["type", "severity"]).size().unstack(fill_value=0).to_markdown()

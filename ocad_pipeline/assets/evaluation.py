@@ -91,9 +91,11 @@ def _detection_table(report: dict) -> str:
         f"| {a['predicted_events']} | **{_fmt(a['false_alarms_per_endpoint_day'])}** | **{_fmt(a['recall'])}** | "
         f"{a['detected']} / {a['incidents']} | {_fmt(a.get('mttd_median_seconds'))} | {_fmt(a['mttd_seconds'])} | {_fmt(a['lead_time_p50_minutes'])} |",
     ]
-    types = ["", "| incident type | incidents | found | recall | MTTD median s |", "|---|---:|---:|---:|---:|"]
+    types = ["", "| incident type (test) | incidents | found by alerts | recall | MTTD median s | MTTD mean s | lead time P50 min |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for typ, t in (a.get("per_type") or {}).items():
-        types.append(f"| {typ} | {t['incidents']} | {t['detected']} | {_fmt(t['recall'])} | {_fmt(t['mttd_median_seconds'])} |")
+        types.append(f"| {typ} | {t['incidents']} | {t['detected']} | {_fmt(t['recall'])} | {_fmt(t['mttd_median_seconds'])} | "
+                     f"{_fmt(t['mttd_seconds'])} | {_fmt(t['lead_time_p50_minutes'])} |")
     return (
         "\n".join(head) + "\n" + "\n".join(types) + "\n\n" + "\n".join(rows)
         + "\n\npoint-wise: every sample is a decision; event-wise: an incident counts once, a run of flagged samples "

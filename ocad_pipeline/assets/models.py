@@ -33,6 +33,7 @@ from ocad_pipeline.training.iforest import (
 from ocad_pipeline.training.metrics import forecast_table_markdown
 from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 from ocad_pipeline.training.tcn import (
+    NoTrainingData,
     TCNParams,
     evaluate_forecasts,
     prepare_metric_windows,
@@ -243,7 +244,17 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
             overrides, tuning = _resolve_tuned(context, paths, metric, prov["data_version"])
             params = dataclasses.replace(params, **{**overrides, "dilations": tuple(overrides["dilations"])})
             prov = {**prov, "hyperparameters_source": "optuna"}
-        windows = prepare_metric_windows(timeseries_splits, metric, params.sequence_length)
+        try:
+            windows = prepare_metric_windows(timeseries_splits, metric, params.sequence_length)
+        except NoTrainingData as exc:
+            # e.g. a recording without this signal: no model, reported; the other models go on
+            context.log.warning(f"tcn_{metric}: not trained: {exc}")
+            return dg.Output(
+                {"metric": metric, "model": tcn_model_name(metric), "skipped": str(exc), "data_version": prov["data_version"],
+                 "code_version": prov["code_version"], "step_started": started, "step_seconds": time.perf_counter() - t0,
+                 "step_finished": started + time.perf_counter() - t0},
+                metadata={"model": tcn_model_name(metric), "skipped": str(exc)},
+            )
         context.log.info(
             f"tcn_{metric}: {windows.counts['train']['used']} normal training windows "
             f"({windows.counts['train']['rows']} rows), {windows.counts['val']['used']} validation, "
@@ -318,10 +329,20 @@ def tcn_models_report(
     context: dg.OpExecutionContext, config: TCNTrainingConfig, summaries: list[dict], model_registry: ModelRegistryResource
 ) -> dg.Output:
     summaries = sorted(summaries, key=lambda s: METRIC_TYPES.index(s["metric"]))
-    by_metric = {s["metric"]: s for s in summaries}
     data_versions = {s["data_version"] for s in summaries}
     if len(data_versions) != 1:  # the ops load the same upstream materialization; guard anyway
         raise dg.Failure(f"the TCN ops trained on different data versions: {sorted(data_versions)}")
+    skipped = {s["model"]: s["skipped"] for s in summaries if "skipped" in s}
+    summaries = [s for s in summaries if "skipped" not in s]
+    if not summaries:
+        # nothing to register; the isolation forest may still cover the data
+        context.log.warning(f"no TCN model trained: {skipped}")
+        return dg.Output(
+            None,
+            metadata={"skipped_models": dg.MetadataValue.json(skipped), "trained_models": 0,
+                      "data_version": next(iter(data_versions)), "hyperparameters_source": "optuna" if config.use_tuned_params else "defaults"},
+        )
+    by_metric = {s["metric"]: s for s in summaries}
     reports = {m: s["report"] for m, s in by_metric.items()}
     metadata: dict = {}
     for m, s in by_metric.items():
@@ -350,7 +371,7 @@ def tcn_models_report(
          "params": s["parameter_count"], "best_epoch": s["best_epoch"], "epochs": s["epochs_run"]}
         for s in summaries
     ]
-    units = ", ".join(f"{m}: {SIGNALS[METRIC_SIGNAL[m]].unit}" for m in METRIC_TYPES)
+    units = ", ".join(f"{m}: {SIGNALS[METRIC_SIGNAL[m]].unit}" for m in by_metric)
     step_sum = sum(s["step_seconds"] for s in summaries)
     wall = max(s["step_finished"] for s in summaries) - min(s["step_started"] for s in summaries)
     context.log.info(
@@ -382,6 +403,9 @@ def tcn_models_report(
         # sum over the per-metric ops (what one process would need); the wall span shows the parallelism
         "train_seconds_total": round(step_sum, 2),
         "train_wall_seconds": round(wall, 2),
+        # models without training data (e.g. a single-signal recording) and why
+        "skipped_models": dg.MetadataValue.json(skipped),
+        "trained_models": len(summaries),
         **metadata,
     }
     return dg.Output(None, metadata=metadata)

@@ -175,13 +175,18 @@ def data_sequence_length(table: pd.DataFrame) -> int | None:
     return lengths.pop()
 
 
+class NoTrainingData(ValueError):
+    """A metric type has no usable window in some split (e.g. a recording without that signal):
+    the model cannot be trained, and the pipeline skips it instead of failing."""
+
+
 def prepare_metric_windows(
     splits: Mapping[str, pd.DataFrame], metric_type: str, sequence_length: int
 ) -> MetricWindows:
     """Select one metric's normal, finite windows from ``timeseries_splits`` (train/val/test).
 
-    Raises ``ValueError`` when the data's sequence length is not ``sequence_length`` or when
-    a split has no usable window.
+    Raises ``ValueError`` when the data's sequence length is not ``sequence_length`` and
+    :class:`NoTrainingData` (a ``ValueError``) when a split has no usable window.
     """
     if metric_type not in METRIC_TYPES:
         raise ValueError(f"unknown metric type {metric_type!r}; expected one of {METRIC_TYPES}")
@@ -214,7 +219,7 @@ def prepare_metric_windows(
         eps[split] = rows["endpoint_id"].astype(str).to_numpy()[ok]
         counts[split] = {"rows": int(len(rows)), "normal": int(normal.sum()), "used": int(ok.sum())}
         if ok.sum() == 0:
-            raise ValueError(f"no normal, finite {metric_type} windows in the {split} split")
+            raise NoTrainingData(f"no normal, finite {metric_type} windows in the {split} split")
     return MetricWindows(metric_type, sequence_length, X, y, eps, counts)
 
 
