@@ -11,12 +11,16 @@ this module. Values are encoded with a few tags (JSON has no NaN, tuple, deque o
     frozenset/set   {"$fs": [...]}  /  {"$set": [...]}
     dict            {"$d": [[key, value], ...]}   (keys may be non-strings)
     numpy array     {"$nd": [...], "dtype": "float64", "shape": [..]}
+    object with __slots__   {"$obj": {slot: value, ...}}   (nested state, e.g. a level-shift
+                    state per signal inside the change-point state)
 
 Slots holding objects that are *derived* from the models (the Isolation Forest group row, the
 reference statistics cached in a CUSUM state, residual scales) are not trusted from the file:
 after a restore every state goes through the detectors' ``refresh_state`` exactly as after a
 model reload, which recomputes them for the models now in service. Objects of other types
-are skipped on export (and keep their fresh default on import).
+are skipped on export (and keep their fresh default on import). Nested slot objects are
+restored *into* the fresh default object at the same place (its class comes from the running
+code, never from the file), element by element for lists of them.
 
 :func:`import_state` builds each endpoint with the pipeline's own constructor (so every slot
 has its current default) and then overwrites the slots found in the data; unknown slots in
@@ -87,6 +91,8 @@ def _enc(v: Any) -> Any:
         if v.dtype.kind not in "fiub":
             raise _Skip
         return {"$nd": [_enc(x) for x in v.ravel().tolist()], "dtype": str(v.dtype), "shape": list(v.shape)}
+    if _slots(v) and type(v).__module__.startswith("ocad_detectors."):
+        return {"$obj": {name: _enc(getattr(v, name)) for name in _slots(v) if hasattr(v, name)}}
     raise _Skip
 
 
@@ -114,6 +120,26 @@ def _dec(v: Any) -> Any:
         if "$nd" in v:
             return np.array([_dec(x) for x in v["$nd"]], dtype=np.dtype(v["dtype"])).reshape(v["shape"])
     raise ValueError(f"cannot decode {type(v).__name__} {str(v)[:60]}")
+
+
+def _dec_into(default: Any, v: Any) -> Any:
+    """Decode ``v`` using ``default`` (the fresh value at that place) as the template for
+    nested slot objects; everything else as :func:`_dec`."""
+    if isinstance(v, dict) and "$obj" in v:
+        if default is None or not _slots(default):
+            raise ValueError(f"a nested state object where {type(default).__name__} is expected")
+        names = set(_slots(default))
+        for name, raw in v["$obj"].items():
+            if name in names:
+                cur = getattr(default, name, None)
+                val = _dec_into(cur, raw)
+                if not _same_kind(cur, val):
+                    raise ValueError(f"{type(default).__name__}.{name}: expected {type(cur).__name__}, got {type(val).__name__}")
+                setattr(default, name, val)
+        return default
+    if isinstance(v, list) and isinstance(default, list) and any(_slots(x) for x in default):
+        return [_dec_into(default[i] if i < len(default) else None, x) for i, x in enumerate(v)]
+    return _dec(v)
 
 
 def _export_obj(obj: Any, kind: str) -> dict[str, Any]:
@@ -146,10 +172,10 @@ def _same_kind(default: Any, value: Any) -> bool:
     """Loose type check: a restored slot must have the shape its fresh default has."""
     if default is None or value is None:
         return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) == isinstance(value, bool) or isinstance(default, (int, float))
-    if isinstance(default, (int, float)) and isinstance(value, (int, float)):
-        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     for t in (deque, dict, list, tuple, str, frozenset, set, np.ndarray):
         if isinstance(default, t):
             return isinstance(value, t)
@@ -192,8 +218,8 @@ def import_state(pipe: DetectionPipeline, data: dict[str, Any], keep: Any = None
                     for name, raw in src.items():
                         if name not in names:
                             continue
-                        val = _dec(raw)
                         default = getattr(obj, name, None)
+                        val = _dec_into(default, raw)
                         if not _same_kind(default, val):
                             raise ValueError(f"{sub}.{name}: expected {type(default).__name__}, got {type(val).__name__}")
                         setattr(obj, name, val)

@@ -55,17 +55,32 @@ def test_unknown_and_missing_slots_are_tolerated_bad_values_refused(built):
         a.process(s)
     data = json.loads(json.dumps(orjson.loads(orjson.dumps(a.export_state()))))
     ep = next(iter(data["endpoints"]))
-    data["endpoints"][ep]["cp"]["a_slot_from_the_future"] = 1.0  # ignored
+    data["endpoints"][ep]["rule"]["a_slot_from_the_future"] = 1.0  # ignored
     del data["endpoints"][ep]["alert"]["suppressed"]  # keeps its default
     b = DetectionPipeline(model_dir=built.root)
     assert ep in b.import_state(data)
 
-    bad = json.loads(json.dumps(data))
-    bad["endpoints"][ep]["cp"]["S"] = "not a list"
     c = DetectionPipeline(model_dir=built.root)
     c.process(samples[0])
     before = c.export_state()
-    with pytest.raises(ValueError, match=rf"endpoint '{ep}'.*cp.S"):
+    bad = json.loads(json.dumps(data))
+    bad["endpoints"][ep]["rule"]["runs"] = "not a mapping"
+    with pytest.raises(ValueError, match=rf"endpoint '{ep}'.*rule.runs"):
+        c.import_state(bad)
+    bad = json.loads(json.dumps(data))
+    bad["endpoints"][ep]["alert"]["open"] = "yes"
+    with pytest.raises(ValueError, match=rf"endpoint '{ep}'.*alert.open"):
+        c.import_state(bad)
+    nested = [k for k, v in data["endpoints"][ep].items() if isinstance(v, dict) and any(
+        isinstance(x, list) and x and isinstance(x[0], dict) and "$obj" in x[0] for x in v.values())]
+    assert nested, "the change-point state nests one object per signal; the test should cover it"
+    sub = nested[0]
+    slot = next(k for k, x in data["endpoints"][ep][sub].items() if isinstance(x, list) and x and isinstance(x[0], dict) and "$obj" in x[0])
+    bad = json.loads(json.dumps(data))
+    inner = bad["endpoints"][ep][sub][slot][0]["$obj"]
+    field = next(k for k, x in inner.items() if isinstance(x, list))
+    inner[field] = "not a list"
+    with pytest.raises(ValueError, match=rf"endpoint '{ep}'.*{field}"):
         c.import_state(bad)
     assert c.export_state() == before  # nothing changed
     with pytest.raises(ValueError, match="format"):
