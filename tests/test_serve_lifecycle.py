@@ -5,6 +5,7 @@ configuration, a promotion is picked up without a restart."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import signal
 import threading
@@ -175,6 +176,18 @@ def test_promotion_is_picked_up_without_a_restart(built, tmp_path):
         wait_until(lambda: httpx.get(s.url + "/v1/status").json()["versions"]["tcn_ecpri"] == new, timeout=10, what="hot reload")
         m = httpx.get(s.url + "/metrics").text
         assert "ocad_model_reloads_total 1.0" in m and f'tcn_ecpri="{new}"' in m
+        assert "ocad_model_load_failures_total 0.0" in m
+        # a promoted version whose file is then corrupted is refused; the version in service stays
+        s.svc.cfg = dataclasses.replace(s.svc.cfg, reload_check_s=3600.0)
+        bad = reg.write_version("tcn_ecpri", {"weights.safetensors": cur.files["weights.safetensors"]}, meta).version
+        reg.promote("tcn_ecpri", bad, reason="test")
+        wf = root / "tcn_ecpri" / bad / "weights.safetensors"
+        data = bytearray(wf.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        wf.write_bytes(bytes(data))
+        assert httpx.post(s.url + "/v1/reload").json()["versions"]["tcn_ecpri"] == new
+        m = httpx.get(s.url + "/metrics").text
+        assert "ocad_model_load_failures_total 1.0" in m and "ocad_model_reloads_total 1.0" in m
     finally:
         s.close()
     # no models where they are required: not ready
@@ -182,5 +195,6 @@ def test_promotion_is_picked_up_without_a_restart(built, tmp_path):
     try:
         r = httpx.get(s.url + "/readyz")
         assert r.status_code == 503 and "models not loaded" in r.json()["reasons"][0]
+        assert "ocad_model_load_failures_total 0.0" in httpx.get(s.url + "/metrics").text  # absent is not loaded, not failed
     finally:
         s.close()

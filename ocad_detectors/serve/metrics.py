@@ -73,7 +73,7 @@ class ServiceMetrics:
         self.queue.set_function(queue_depth)
         self.versions = Info("ocad_model", "Model versions in service (none: not loaded)", registry=r)
         self.reloads = Counter("ocad_model_reloads", "Model reloads that changed a version in service", registry=r)
-        self.load_failures = Counter("ocad_model_load_failures", "Reload attempts in which a model could not be loaded", registry=r)
+        self.load_failures = Counter("ocad_model_load_failures", "Models refused at start plus reloads refused (a model missing or failing verification)", registry=r)
         self.config_reloads = Counter("ocad_config_reloads", "SIGHUP configuration reloads by result", ["result"], registry=r)
         self.deliveries = Counter("ocad_alert_deliveries", "Alert events delivered per sink", ["sink"], registry=r)
         self.delivery_failures = Counter("ocad_alert_delivery_failures", "Failed delivery attempts per sink", ["sink"], registry=r)

@@ -68,6 +68,8 @@ class DetectorService:
         self._control: threading.Thread | None = None
         self.puller: PrometheusPuller | None = None
         self._warned_failures = self._loader_failures()
+        if self.pipeline.model_errors:  # models refused at start (missing, failed verification)
+            self.metrics.load_failures.inc(len(self.pipeline.model_errors))
         self.newest_ts = 0
         self.restored_endpoints = 0
         self.metrics.set_versions(self.pipeline.model_versions)
@@ -212,8 +214,8 @@ class DetectorService:
     # ------------------------------------------------------------------ control thread
 
     def _loader_failures(self) -> int:
-        ld = self.pipeline.loader
-        return len(getattr(ld, "_warned", ())) if ld is not None else 0
+        """Reloads the pipeline refused (a model failed verification or validation)."""
+        return self.pipeline.reload_failures
 
     def reload_models(self) -> dict[str, str | None]:
         before = dict(self.pipeline.model_versions)
@@ -224,6 +226,7 @@ class DetectorService:
         f = self._loader_failures()
         if f > self._warned_failures:
             self.metrics.load_failures.inc(f - self._warned_failures)
+            logger.warning("model reload refused: %s", self.pipeline.last_reload_error)
         self._warned_failures = f
         self.metrics.set_versions(after)
         return after
