@@ -191,3 +191,14 @@ def test_the_example_file_shows_the_defaults_and_ocad_detect_reads_it_too():
     det, srv = load_service_config(p)
     assert srv == ServeConfig()
     assert load_config(p) == det  # the same file works for ocad-detect --config
+
+
+def test_the_service_stays_on_the_light_install():
+    import subprocess
+    import sys
+
+    code = ("import sys, ocad_detectors.serve.cli, ocad_detectors.serve.app, ocad_detectors.serve.service; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'dagster', 'ocad_pipeline'}); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
