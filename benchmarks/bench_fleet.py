@@ -21,7 +21,8 @@ Scenarios (held out of all tuning; see the closing notes):
   rules and level shifts only (no training: ``ocad-detect`` without models), scored on days 8-28.
 
 ``--baseline-repo DIR`` runs the same protocol with another checkout of this project (its own
-``.venv``), e.g. the commit before a detection change, so before/after come from one run::
+``.venv``), e.g. the commit before a detection change, so before/after come from one run (it gets
+the labels with the older simulator's type names, which is all such a checkout accepts)::
 
     .venv/bin/python benchmarks/bench_fleet.py --workdir /tmp/fleet --baseline-repo /tmp/ocad-before
 
@@ -49,6 +50,8 @@ from ocad_pipeline.simulator import SimulatorConfig, simulate  # noqa: E402
 
 SIGNAL_COLUMNS = ["udp_echo_rtt_ms", "ecpri_ow_us", "lbm_rtt_ms", "lbm_success"]
 DAY_MS = 86_400_000
+LEGACY_TYPES = {"burst": "spike", "step": "drift", "drift": "drift", "loss": "loss", "intermittent_loss": "loss",
+                "single_signal": "spike", "concurrent": "concurrent", "correlated": "correlated", "jitter": "spike", "spike": "spike"}
 SCENARIOS = {
     "fronthaul": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=777), train_days=2, models=True),
     "wan": dict(sim=SimulatorConfig(n_oru=0, n_odu=0, n_transport=0, n_wan=6, duration_hours=28 * 24.0, seed=778,
@@ -71,6 +74,9 @@ def write_scenario(name: str, out: Path) -> dict:
     wide[wide["timestamp_ms"] >= cut].to_csv(out / "test.csv", index=False)
     inc = sim.incidents.rename(columns={"type": "anomaly_type"})
     inc[["endpoint_id", "start", "end", "anomaly_type", "outage_start"]].to_csv(out / "labels.csv", index=False)
+    # checkouts from before issue 11 accept only the old simulator's types and no outage_start
+    legacy = inc[["endpoint_id", "start", "end", "anomaly_type"]].assign(anomaly_type=inc["anomaly_type"].map(LEGACY_TYPES).fillna("spike"))
+    legacy.to_csv(out / "labels_legacy.csv", index=False)
     test_inc = sim.incidents[sim.incidents["end"] > cut]
     test_inc.to_csv(out / "test_incidents.csv", index=False)
     days = (int(s["timestamp_ms"].max()) - cut) / DAY_MS
@@ -78,11 +84,11 @@ def write_scenario(name: str, out: Path) -> dict:
             "test_samples": int((s["timestamp_ms"] >= cut).sum())}
 
 
-def train(repo: Path, data: Path, work: Path) -> float:
+def train(repo: Path, data: Path, work: Path, labels: str = "labels.csv") -> float:
     """The repo's own pipeline on the recorded train file; returns the wall time."""
     env = {**os.environ, "DAGSTER_HOME": str(work / "dagster_home"), "OCAD_DATA_DIR": str(work / "data"), "OCAD_EXECUTOR": "in_process"}
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    cfg = {"ops": {"raw_metrics": {"config": {"source": "files", "files": {"path": str(data / "train.csv"), "labels_path": str(data / "labels.csv")}}}}}
+    cfg = {"ops": {"raw_metrics": {"config": {"source": "files", "files": {"path": str(data / "train.csv"), "labels_path": str(data / labels)}}}}}
     t = time.perf_counter()
     r = subprocess.run(
         [str(repo / ".venv/bin/dagster"), "asset", "materialize", "-m", "ocad_pipeline.definitions", "--select", "*model_promotion",
@@ -149,10 +155,10 @@ def judge(events: list[dict], incidents: pd.DataFrame, info: dict) -> dict:
     }
 
 
-def run(name: str, repo: Path, data: Path, work: Path, info: dict) -> dict:
+def run(name: str, repo: Path, data: Path, work: Path, info: dict, legacy: bool = False) -> dict:
     spec = SCENARIOS[name]
     work.mkdir(parents=True, exist_ok=True)
-    train_s = train(repo, data, work) if spec["models"] else None
+    train_s = train(repo, data, work, "labels_legacy.csv" if legacy else "labels.csv") if spec["models"] else None
     events, detect_s = detect(repo, data, work, spec["models"])
     incidents = pd.read_csv(data / "test_incidents.csv")
     out = judge(events, incidents, info)
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         info = write_scenario(name, data)
         for label, repo in repos.items():
             print(f"{name}: {label} ({repo}) ...", file=sys.stderr, flush=True)
-            results[f"{name}/{label}"] = {**run(name, repo, data, args.workdir / name / label, info), "scenario": info}
+            results[f"{name}/{label}"] = {**run(name, repo, data, args.workdir / name / label, info, legacy=label == "baseline"),
+                                          "scenario": info}
     keys = ["alert_episodes", "false_alerts_per_endpoint_day", "incident_recall", "incidents_found", "mttd_median_s", "mttd_mean_s",
             "changes", "train_wall_s", "detect_wall_s"]
     print("| run | " + " | ".join(keys) + " |")

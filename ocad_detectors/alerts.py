@@ -37,6 +37,7 @@ from ocad_detectors._util import (
     evidence_mask,
 )
 from ocad_detectors.config import SEVERITIES, AlertConfig, DetectionConfig
+from ocad_detectors.isotime import iso_ms
 from ocad_detectors.signals import METRIC_SIGNAL, SIGNALS, VALUE_SIGNALS
 
 __all__ = ["Alert", "AlertManager", "Explanation", "Resolution", "build_explanation", "iso_ms"]
@@ -72,6 +73,9 @@ class Alert:
     episode_start_ms: int
     escalation: bool = False
     message: str = ""
+    #: first sample of the run of evidence behind the alert (== timestamp_ms: a single-sample
+    #: spike at a critical level; earlier: the evidence has been sustained since then)
+    evidence_since_ms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN/inf become None)."""
@@ -79,6 +83,8 @@ class Alert:
         d["evidence"] = list(self.evidence)
         d["scores"] = dict(self.scores)
         d["explanation"] = [asdict(e) for e in self.explanation]
+        d["event"] = "alert"
+        d["time"] = iso_ms(self.timestamp_ms)
         return _json_safe(d)
 
 
@@ -113,17 +119,6 @@ class Resolution:
         d["episode_start"] = iso_ms(self.episode_start_ms)
         d["end"] = iso_ms(self.end_ms)
         return d
-
-
-def iso_ms(ts_ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC text (``2026-01-01T00:00:05Z``)."""
-    from datetime import datetime, timezone
-
-    try:
-        t = datetime.fromtimestamp(ts_ms / 1000.0, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return str(ts_ms)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ts_ms % 1000:03d}Z" if ts_ms % 1000 else "Z")
 
 
 _N_DT = 8  # inter-arrival times kept for the interval estimate
@@ -274,17 +269,25 @@ class AlertManager:
             self.resolutions.append(res)
         if not emit:
             return None
-        return make_alert(endpoint_id, int(timestamp_ms), sev, float(composite), ev, dict(scores or {}), tuple(explanation), st.episode_start, esc)
+        return make_alert(endpoint_id, int(timestamp_ms), sev, float(composite), ev, dict(scores or {}), tuple(explanation),
+                          st.episode_start, esc, st.run_start)
 
 
 def make_alert(
     endpoint_id: str, ts: int, severity: str, composite: float, ev: int, scores: Mapping[str, float],
-    explanation: tuple[Explanation, ...], episode_start: int, escalation: bool,
+    explanation: tuple[Explanation, ...], episode_start: int, escalation: bool, since: int | None = None,
 ) -> Alert:
-    """Assemble an :class:`Alert` (one place for both the streaming and the batch path)."""
+    """Assemble an :class:`Alert` (one place for both the streaming and the batch path); the
+    message says in plain words whether this is a one-sample spike or sustained evidence."""
     head = f"{severity.upper()} {endpoint_id} at {iso_ms(ts)}" + (" (escalated)" if escalation else "")
+    if since is not None:
+        if since >= ts:
+            head += ": spike (a single sample at a critical level)"
+        else:
+            head += f": sustained for {(ts - since) / 1000.0:g} s since {iso_ms(since)}"
     body = "; ".join(e.text for e in explanation) if explanation else ", ".join(EVIDENCE_NAMES[ev])
-    return Alert(endpoint_id, ts, severity, composite, EVIDENCE_NAMES[ev], dict(scores), explanation, episode_start, escalation, f"{head}: {body}")
+    return Alert(endpoint_id, ts, severity, composite, EVIDENCE_NAMES[ev], dict(scores), explanation, episode_start, escalation,
+                 f"{head}: {body}", since)
 
 
 @dataclass

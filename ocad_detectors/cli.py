@@ -76,7 +76,7 @@ def top_reasons(result: Any, n: int = 5) -> list[tuple[str, int]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ocad-detect",
-        description="Score recorded CFM-lite samples with the OCAD detectors (rules, CUSUM, TCN residual, "
+        description="Score recorded CFM-lite samples with the OCAD detectors (rules, level shifts, TCN residual, "
         "Isolation Forest) using the production models of the registry; write alerts and per-sample scores.",
         epilog="examples:\n" + _EXAMPLES + "\n\nModel directory precedence: --model-dir > $OCAD_MODEL_DIR > "
         "detection.model_path in --config > data/models. A missing or corrupt model is reported once and "
@@ -101,7 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="champion/challenger: also score with this registry version (e.g. tcn_ecpri=1.1.0, repeatable); "
         "its scores go to --scores as challenger_* columns and its would-be alerts are counted, never emitted",
     )
-    p.add_argument("--alerts", default="-", metavar="PATH", help="alerts as JSON lines; '-' = stdout (default)")
+    p.add_argument(
+        "--missing-value", action="append", type=float, default=[], metavar="CODE",
+        help="a raw delay value that means 'no reply' (e.g. RIPE Atlas -3 and -4; repeatable): read as a missing reply",
+    )
+    p.add_argument(
+        "--labels", type=Path, metavar="PATH",
+        help="labelled incidents (windows: endpoint_id,start,end[,anomaly_type][,outage_start]; or per sample: "
+        "endpoint_id,timestamp,is_anomaly[,anomaly_type]); the summary then shows false alerts per endpoint-day, "
+        "incident recall, time to detect and lead time, per incident type",
+    )
+    p.add_argument(
+        "--alerts", default="-", metavar="PATH",
+        help="alerts, episode resolutions and level changes as JSON lines (field 'event': alert / resolved / change); "
+        "'-' = stdout (default)",
+    )
     p.add_argument("--scores", type=Path, metavar="PATH", help="per-sample scores as Parquet (.csv also accepted)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", help="always show a progress bar on stderr")
@@ -202,14 +216,54 @@ def summary(result: Any, elapsed_s: float, versions: dict[str, str | None], top:
     return "\n".join(out)
 
 
-def _write_alerts(alerts: list[Any], dest: str, stdout: TextIO) -> None:
-    lines = (json.dumps(a.to_dict(), ensure_ascii=False) + "\n" for a in alerts)
+def events(result: Any) -> list[dict[str, Any]]:
+    """Alerts, resolutions and level changes as JSON-ready records, in sample-time order."""
+    items: list[tuple[int, int, dict[str, Any]]] = []
+    for a in result.alerts:
+        items.append((a.timestamp_ms, 1, a.to_dict()))
+    for r in result.resolutions:
+        items.append((r.resolved_ms, 0, r.to_dict()))
+    for c in result.change_records:
+        items.append((c.detected_ms, 2, c.to_dict()))
+    items.sort(key=lambda x: (x[0], x[1]))
+    return [d for _, _, d in items]
+
+
+def _write_events(result: Any, dest: str, stdout: TextIO) -> None:
+    lines = (json.dumps(d, ensure_ascii=False) + "\n" for d in events(result))
     if dest == "-":
         stdout.writelines(lines)
         stdout.flush()
         return
     with open(dest, "w", encoding="utf-8") as fh:
         fh.writelines(lines)
+
+
+def labelled_summary(result: Any, incidents: Any) -> str:
+    """The operator's view of a labelled replay: false alerts per endpoint-day first."""
+    from ocad_detectors.events import episode_flags, eventwise
+
+    frame = result.to_frame()
+    frame = frame[frame["status"] == "ok"]
+    ev = eventwise(frame, episode_flags(frame), incidents)
+    m = ev.metrics
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    rows = [
+        ("false alerts per endpoint-day", f(m["false_alarms_per_endpoint_day"])),
+        ("incident recall", f"{f(m['recall'])} ({m['detected']} of {m['incidents']})"),
+        ("alert episodes (false)", f"{m['predicted_events']} ({m['false_alarm_events']})"),
+        ("time to detect median / mean s", f"{f(m['mttd_median_seconds'])} / {f(m['mttd_seconds'])}"),
+        ("lead time before outage P50 min", f"{f(m['lead_time_p50_minutes'])} ({m['warned_before_outage']} of {m['outage_incidents']} warned)"),
+        ("endpoint-days scored", f(m["endpoint_days"])),
+    ]
+    per = [(printable(t), v["incidents"], v["detected"], f(v["recall"]), f(v["mttd_median_seconds"])) for t, v in m["per_type"].items()]
+    out = ["against the labels (event-wise: an incident counts once, an alert episode once)", _table(("what", "value"), rows)]
+    if per:
+        out += ["", _table(("incident type", "incidents", "found", "recall", "MTTD median s"), per)]
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -225,8 +279,14 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     try:
         config = load_config(args.config) if args.config else DetectionConfig()
         frame = read_samples(
-            args.input, args.format, _pairs(args.signal_map, "--signal-map"), _pairs(args.unit, "--unit"), strict=args.strict
+            args.input, args.format, _pairs(args.signal_map, "--signal-map"), _pairs(args.unit, "--unit"), strict=args.strict,
+            missing_values=tuple(args.missing_value),
         )
+        incidents = None
+        if args.labels is not None:
+            from ocad_detectors.events import read_incidents
+
+            incidents = read_incidents(args.labels)
     except (OSError, ValueError) as e:
         print(f"error: {printable(e, 2000)}", file=err)
         return 2
@@ -261,7 +321,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     elapsed = time.perf_counter() - t0
     shadow = challenger.score_frame(frame) if challenger is not None else None  # same frame: same as streaming both
     try:
-        _write_alerts(result.alerts, args.alerts, out)
+        _write_events(result, args.alerts, out)
         if args.scores is not None:
             df = result.to_frame()
             if shadow is not None:
@@ -278,6 +338,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 2
     if not args.quiet:
         print(summary(result, elapsed, pipe.model_versions, args.top), file=err)
+        if incidents is not None:
+            print("\n" + labelled_summary(result, incidents), file=err)
         if shadow is not None:
             rows = [
                 ("alerts (production, emitted)", f"{len(result.alerts):,}"),

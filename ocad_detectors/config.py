@@ -1,8 +1,11 @@
 """Detection configuration: dataclasses with defaults, loaded from YAML (``detection:`` section).
 
-Every threshold carries its unit in the key or the docstring: rule thresholds are in the
-signal's own unit (ms or µs), CUSUM ``k``/``h`` and the residual threshold are in σ of the
-training reference, loss runs and alert times are seconds of sample time. Unknown keys are errors (a typo must not silently fall back to a default).
+Every threshold carries its unit in the key or the docstring: relative rule levels are multiples
+of the endpoint's baseline and absolute ones in the signal's own unit (ms or µs); the
+level-shift detector's ``k``/``h`` are in units of its smallest shift of interest; the residual
+threshold is in σ of the training forecast error; loss runs, persistence and every other time
+are seconds of sample time. Unknown keys are errors (a typo must not silently fall back to a
+default).
 
 The seed's keys are honoured: ``detection.residual.use_pretrained_models`` and
 ``detection.residual.model_path`` (``false`` disables the TCN residual detector: this package

@@ -18,11 +18,12 @@ one implementation. Definitions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["EventResult", "episode_flags", "eventwise", "f1_from"]
+__all__ = ["EventResult", "episode_flags", "eventwise", "f1_from", "read_incidents"]
 
 
 def _safe_div(a: float, b: float) -> float:
@@ -169,3 +170,63 @@ def episode_flags(stream: pd.DataFrame) -> np.ndarray:
     res = np.zeros(len(order), bool)
     res[order] = out
     return res
+
+
+def read_incidents(path: str | Path) -> pd.DataFrame:
+    """An operator's labels as an incident table (endpoint_id, incident_id, start, end, type,
+    outage_start; epoch ms, end exclusive).
+
+    Windows: ``endpoint_id, start, end`` plus optional ``anomaly_type`` (or ``type``) and
+    ``outage_start``. Per-sample labels: ``endpoint_id, timestamp`` (or ``timestamp_ms``),
+    ``is_anomaly`` and optional ``anomaly_type``; each run of consecutive anomalous samples of an
+    endpoint is one incident ending one sample after its last. Times as the sample reader takes
+    them (epoch s or ms, ISO 8601). Any non-empty type is kept; a missing one is ``unknown``.
+    Raises ``ValueError`` naming the file and the problem.
+    """
+    from ocad_detectors.recorded import to_epoch_ms
+
+    p = Path(path)
+    try:
+        df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(p)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: cannot read labels: {e}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "endpoint_id" not in df.columns:
+        raise ValueError(f"{p}: labels need an endpoint_id column")
+    typ_col = "anomaly_type" if "anomaly_type" in df.columns else ("type" if "type" in df.columns else None)
+
+    def ms(col: str) -> np.ndarray:
+        v, ok = to_epoch_ms(df[col])
+        bad = np.flatnonzero(~ok & df[col].notna().to_numpy())
+        if len(bad):
+            raise ValueError(f"{p}, row {int(bad[0]) + 2}, column {col!r}: not a timestamp: {df[col].iloc[bad[0]]!r}")
+        return v
+
+    types = df[typ_col].astype(object).where(df[typ_col].notna() & (df[typ_col].astype(str).str.strip() != ""), "unknown").astype(str) \
+        if typ_col else pd.Series(["unknown"] * len(df))
+    if {"start", "end"} <= set(df.columns):
+        start, end = ms("start"), ms("end")
+        if np.isnan(start).any() or np.isnan(end).any():
+            raise ValueError(f"{p}: every label window needs a start and an end")
+        bad = np.flatnonzero(end <= start)
+        if len(bad):
+            raise ValueError(f"{p}, row {int(bad[0]) + 2}: label window ends before it starts")
+        outage = ms("outage_start") if "outage_start" in df.columns else np.full(len(df), np.nan)
+        out = pd.DataFrame({"endpoint_id": df["endpoint_id"].astype(str), "start": start.astype(np.int64), "end": end.astype(np.int64),
+                            "type": types.to_numpy(), "outage_start": outage})
+    else:
+        tcol = "timestamp_ms" if "timestamp_ms" in df.columns else ("timestamp" if "timestamp" in df.columns else None)
+        if tcol is None or "is_anomaly" not in df.columns:
+            raise ValueError(f"{p}: labels need start/end windows or timestamp + is_anomaly columns")
+        t = ms(tcol)
+        flag = df["is_anomaly"].astype(str).str.strip().str.lower().isin(("1", "true", "yes", "1.0"))
+        d = pd.DataFrame({"endpoint_id": df["endpoint_id"].astype(str), "t": t, "f": flag.to_numpy(), "type": types.to_numpy()}).dropna(subset=["t"])
+        rows = []
+        for ep, g in d.sort_values(["endpoint_id", "t"], kind="stable").groupby("endpoint_id", sort=True):
+            tt = g["t"].to_numpy(np.int64)
+            step = int(np.median(np.diff(tt))) if len(tt) > 1 else 1000
+            for a, b in _runs(g["f"].to_numpy()):
+                rows.append({"endpoint_id": ep, "start": int(tt[a]), "end": int(tt[b]) + step, "type": str(g["type"].iloc[a]), "outage_start": np.nan})
+        out = pd.DataFrame(rows, columns=["endpoint_id", "start", "end", "type", "outage_start"])
+    out.insert(1, "incident_id", np.arange(len(out)))
+    return out

@@ -2,7 +2,8 @@
 
 One state per (endpoint, signal), ``update(state, ts_ms, value)`` per sample, river style; pure
 Python (no numpy on the hot path, a few µs per sample). This module imports nothing from the
-rest of the package, so ``config.py`` can import :class:`LevelShiftConfig` from here.
+rest of the package (but the leaf :mod:`ocad_detectors.isotime`), so ``config.py`` can import
+:class:`LevelShiftConfig` from here.
 
 Method (a robust two-sided CUSUM on the current segment, re-anchored after each change):
 
@@ -158,7 +159,10 @@ class ChangeRecord:
     unit: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready, with ``event: change`` and the change time as ISO 8601 UTC text."""
+        from ocad_detectors.isotime import iso_ms
+
+        return {**asdict(self), "event": "change", "change_time": iso_ms(self.change_ms)}
 
 
 class LevelShiftState:

@@ -196,7 +196,7 @@ class ModelSet:
         return out
 
     def reference(self) -> ReferenceStats:
-        """Reference statistics for CUSUM: the Isolation Forest's (per endpoint), with the
+        """Reference statistics (rules baselines, explanations): the Isolation Forest's (per endpoint), with the
         TCN scalers (training mean/std of all endpoints) as pooled fallback per signal."""
         ref = ReferenceStats()
         for m in self.tcn.values():

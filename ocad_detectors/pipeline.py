@@ -17,8 +17,11 @@ so scoring a recorded frame gives exactly the results of streaming its rows one 
 (TCN forecasts may differ in the last bit between a single-window and a batched matrix product;
 everything else is bit-identical).
 
-Per sample, in this order: validate -> order check -> capabilities -> rules -> CUSUM -> TCN
-residual -> Isolation Forest -> fusion -> alert manager. Treatments (documented contract):
+Per sample, in this order: validate -> order check -> capabilities -> rules -> level shifts
+(change records; a re-baselined level becomes the rules' baseline) -> TCN residual -> Isolation
+Forest -> fusion -> alert manager (persistence, episodes, resolutions). The stateful steps
+(rules, level shifts, alerts) run the very same per-sample code in batch mode; the TCN and the
+forest are vectorized. Treatments (documented contract):
 
 * **invalid** sample (see :mod:`ocad_detectors.samples`): ``status="invalid"``, ``error``
   names every bad field, scores 0; no state changes.
@@ -46,7 +49,7 @@ Hot reload: every ``reload.check_every_samples`` samples, ``process`` compares t
 samples. A reload is all-or-nothing: every changed model is verified and built (bounded sizes)
 before anything is swapped; if one is refused the whole set in service stays, the reason is
 logged and kept in :attr:`DetectionPipeline.last_reload_error`, and
-:attr:`DetectionPipeline.reload_failures` counts it. Buffers, CUSUM sums and alert episodes are kept; a TCN with a new ``seq_len`` gets its
+:attr:`DetectionPipeline.reload_failures` counts it. Buffers, level-shift states and alert episodes are kept; a TCN with a new ``seq_len`` gets its
 buffer trimmed or extended, a longer feature window waits until it is full again. Loading
 (reading + sha256) then happens on the sample that noticed the change; to keep it off the hot
 path set ``check_every_samples: 0`` and call ``reload()`` from another thread (thread-safe:
@@ -488,7 +491,8 @@ class DetectionPipeline:
                 [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
                 self.multivariate.explain(e.mv), list(e.rule.levels),
             )
-            alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc)
+            alert = make_alert(ep, ts, sev, composite, ev, scores, build_explanation(ev, d, self.config), e.alert.episode_start, esc,
+                               e.alert.run_start)
         return DetectionResult(ts, ep, "ok", scores, composite, EVIDENCE_NAMES[ev], alert, None, resolution, changes)
 
     def _future_limit(self) -> int:
@@ -911,7 +915,7 @@ class _BatchRun:
             )
             e = int(ev_l[j])
             sc = {d_: float(scores[k][j]) for k, d_ in enumerate(DETECTORS)}
-            alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc)
+            alert = make_alert(ep, t, sev, comp_l[j], e, sc, build_explanation(e, d, p.config), st.episode_start, esc, st.run_start)
             self.alert_index[rows[j]] = len(self.alerts)
             self.alerts.append(alert)
 

@@ -34,7 +34,7 @@ milliseconds, and text is ISO 8601 (no zone = UTC).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -447,6 +447,33 @@ def require_valid(sample: Any) -> tuple:
     return vals
 
 
+def _endpoint_ids(col: pd.Series) -> np.ndarray:
+    """Endpoint ids as text: a numeric id column (RIPE Atlas probe ids like 11119, read as
+    numbers by CSV and Parquet) is an id, not a value; integral floats lose their ``.0``."""
+    out = col.to_numpy(dtype=object).copy()
+    for i, v in enumerate(out.tolist()):
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            out[i] = str(v)
+        elif isinstance(v, float) and v == v and abs(v) < 2**53 and v == int(v):
+            out[i] = str(int(v))
+    return out
+
+
+def _blank_missing(values: np.ndarray, sentinels: Sequence[float]) -> np.ndarray:
+    """Cells equal to a "no reply" code become NaN (a missing reply); others stay as read."""
+    if not sentinels:
+        return values
+    codes = {float(x) for x in sentinels}
+    out = np.asarray(values, dtype=object).copy()
+    for i, v in enumerate(out.tolist()):
+        if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and -(2**53) < v < 2**53):
+            if float(v) in codes:
+                out[i] = float("nan")
+    return out
+
+
 def _apply_units(values: np.ndarray, units: np.ndarray | str | None, signal: str) -> tuple[np.ndarray, np.ndarray]:
     """Convert numeric cells from ``units`` (per row or one for the column) to ``signal``'s own
     unit (ms, µs); returns the values and a per-row error text (None where fine)."""
@@ -514,8 +541,12 @@ def read_samples(
     signal_map: Mapping[str, str] | None = None,
     units: Mapping[str, str] | None = None,
     strict: bool = False,
+    missing_values: Sequence[float] = (),
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file into a wide frame, one row per sample, in file order.
+
+    ``missing_values``: raw codes a probe writes for "no reply" (RIPE Atlas: -3, -4); a delay
+    cell equal to one of them (before unit conversion) is a missing reply, not an error.
 
     ``signal_map`` renames other column / metric names to OCAD signals (e.g.
     ``{"rtt": "udp_echo_rtt_ms"}``); ``units`` gives the unit of wide columns (``ns, us, ms, s``)
@@ -577,6 +608,7 @@ def read_samples(
         msg = None
     if "endpoint_id" not in cols:
         raise ValueError(f"{p}: no endpoint_id column; columns are {cols}")
+    raw = raw.assign(endpoint_id=_endpoint_ids(raw["endpoint_id"]))
     if fmt == "long":
         missing = [c for c in _LONG_COLUMNS if c not in cols]
         if missing:
@@ -588,7 +620,7 @@ def read_samples(
         unit_errs = np.full(len(raw), None, dtype=object)
         if "unit" in cols or units:
             metric = raw["metric_name"].to_numpy(dtype=object)
-            vals = _parse_text(raw["value"].to_numpy(dtype=object), False)
+            vals = _blank_missing(_parse_text(raw["value"].to_numpy(dtype=object), False), missing_values)
             per_row = raw["unit"].to_numpy(dtype=object) if "unit" in cols else np.full(len(raw), None, dtype=object)
             for sig in VALUE_SIGNALS:
                 sel = np.flatnonzero(metric == sig)
@@ -608,6 +640,8 @@ def read_samples(
         wide = wide.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
         for sig in SIGNAL_ORDER:
             wide[sig] = _parse_text(wide[sig].to_numpy(dtype=object), sig == "lbm_success")
+            if sig != "lbm_success":
+                wide[sig] = _blank_missing(wide[sig].to_numpy(dtype=object), missing_values)
         if any(e is not None for e in unit_errs):
             # a row with an unknown unit makes its sample invalid, naming the unit
             for i in np.flatnonzero([e is not None for e in unit_errs]).tolist():
@@ -624,6 +658,8 @@ def read_samples(
         if s in cols:
             col = raw[s]
             out[s] = _parse_text(col.to_numpy(dtype=object), s == "lbm_success") if col.dtype == object else col.to_numpy()
+            if s != "lbm_success" and missing_values:
+                out[s] = _blank_missing(out[s].to_numpy(dtype=object), missing_values)
             if s in units and s != "lbm_success":
                 out[s], _ = _apply_units(out[s].to_numpy(dtype=object), units[s], s)
         else:

@@ -196,7 +196,7 @@ def evaluate_versions(
     params = sum(int(m.get("parameter_count") or 0) for m in meta.values())
     report = {
         "model_info": {
-            "name": "OCAD detector set (TCN residual x3 + Isolation Forest + rules + CUSUM)",
+            "name": "OCAD detector set (TCN residual x3 + Isolation Forest + rules + level shifts)",
             "versions": dict(versions),
             "training_date": max((m.get("training_date") or m.get("created_at") or "") for m in meta.values()) if meta else None,
             "architecture": {n: m.get("architecture") for n, m in meta.items() if n.startswith("tcn_")},

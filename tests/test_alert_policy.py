@@ -47,6 +47,7 @@ def test_a_benign_spike_does_not_alert_but_a_sustained_shift_of_the_same_height_
     a = res.alerts[0]
     assert T0 + 500 * 5000 < a.timestamp_ms <= T0 + 510 * 5000  # after persisting 30 s
     assert a.explanation[0].evidence == "threshold" and "2026-01-01T" in a.message
+    assert "sustained for 30 s since 2026-01-01T00:41:40Z" in a.message and a.evidence_since_ms == T0 + 500 * 5000
     assert len(res.resolutions) == 1
     r = res.resolutions[0]
     assert r.end_ms == T0 + 899 * 5000 and r.resolved_ms > r.end_ms and r.reason == "recovered"
@@ -57,6 +58,7 @@ def test_a_critical_level_alerts_on_the_first_sample():
     x[100] = 4.0 * 8  # past the critical level (5x the baseline)
     res = _rules_only().score_frame(_frame(ts, x))
     assert [a.timestamp_ms for a in res.alerts] == [int(ts[100])] and res.alerts[0].severity == "critical"
+    assert "spike (a single sample at a critical level)" in res.alerts[0].message
 
 
 @pytest.mark.parametrize("interval_s", [5, 240])

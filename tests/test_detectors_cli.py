@@ -34,8 +34,10 @@ def test_wide_csv_with_bad_rows(built, tmp_path):
     scores = tmp_path / "out" / "scores.parquet"
     rc, out, err = _run([p, "--model-dir", built.root, "--scores", scores, "--no-progress"])
     assert rc == 0, err
-    alerts = [json.loads(line) for line in out.splitlines()]
-    assert alerts and {"endpoint_id", "timestamp_ms", "severity", "evidence", "explanation", "message"} <= alerts[0].keys()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {e["event"] for e in events} <= {"alert", "resolved", "change"}
+    alerts = [e for e in events if e["event"] == "alert"]
+    assert alerts and {"endpoint_id", "timestamp_ms", "time", "severity", "evidence", "explanation", "message"} <= alerts[0].keys()
     assert all(a["explanation"] and {"signal", "expected", "observed", "sigma"} <= a["explanation"][0].keys() for a in alerts)
     df = pd.read_parquet(scores)
     assert len(df) == len(f)
@@ -60,9 +62,9 @@ def test_long_parquet_to_alerts_file(built, tmp_path):
     # same alerts as scoring the wide frame directly
     rc2, out2, _ = _run([_save(wide, tmp_path / "w.parquet"), "--model-dir", built.root, "-q"])
     assert rc2 == 0
-    got = [json.loads(x)["timestamp_ms"] for x in alerts.read_text().splitlines()]
-    want = [json.loads(x)["timestamp_ms"] for x in out2.splitlines()]
-    assert sorted(got) == sorted(want) and got
+    got = [json.loads(x) for x in alerts.read_text().splitlines()]
+    want = [json.loads(x) for x in out2.splitlines()]
+    assert got == want and any(e["event"] == "alert" for e in got)
 
 
 def _save(df, path):

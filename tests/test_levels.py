@@ -190,7 +190,8 @@ def test_fresh_state_to_dict_has_no_nan() -> None:
 def test_change_record_to_dict() -> None:
     r = ChangeRecord("ep", "udp_echo_rtt_ms", "up", 10, 20, 1.0, 2.0, "ms")
     assert r.to_dict() == {"endpoint_id": "ep", "signal": "udp_echo_rtt_ms", "direction": "up", "change_ms": 10,
-                           "detected_ms": 20, "level_before": 1.0, "level_after": 2.0, "unit": "ms"}
+                           "detected_ms": 20, "level_before": 1.0, "level_after": 2.0, "unit": "ms",
+                           "event": "change", "change_time": "1970-01-01T00:00:00.010Z"}
 
 
 def test_score_one_keeps_state_per_key_and_rejects_bad_input() -> None:
