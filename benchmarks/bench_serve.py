@@ -254,6 +254,7 @@ def main() -> int:
           f"drain {drained.get('seconds')} s")
 
     # ocad-detect on the very same samples, same run
+    import orjson
     import pandas as pd
 
     samples = [s for k in range(total_batches) for s in make_batch(k, args.batch, args.endpoints, endpoints)]
@@ -271,11 +272,16 @@ def main() -> int:
     wall = time.perf_counter() - t
     print(f"ocad-detect on the same {len(samples)} samples (one core, process start + read + score + write): "
           f"{wall:.1f} s = {len(samples) / wall:,.0f} samples/s")
-    key = lambda d: (d["endpoint_id"], d["timestamp_ms"], d["severity"], d["escalation"])  # noqa: E731
-    served = sorted(key(json.loads(x)) for x in (tmp / "serve_alerts.jsonl").read_text().splitlines()
-                    if json.loads(x)["event"] in ("firing", "escalated")) if (tmp / "serve_alerts.jsonl").exists() else []
-    detected = sorted(key(json.loads(x)) for x in (tmp / "detect_alerts.jsonl").read_text().splitlines())
-    print(f"alerts: service {len(served)}, ocad-detect {len(detected)}, equal: {served == detected}")
+    def lines(path: Path) -> list[bytes]:  # every event, canonical JSON, order-free
+        if not path.exists():
+            return []
+        return sorted(orjson.dumps(json.loads(x), option=orjson.OPT_SORT_KEYS) for x in path.read_text().splitlines())
+
+    served = lines(tmp / "serve_alerts.jsonl")
+    detected = lines(tmp / "detect_alerts.jsonl")
+    n_alerts = sum(b'"event":"alert"' in x for x in served)
+    print(f"events (alerts, resolutions, level changes): service {len(served)} ({n_alerts} alerts), "
+          f"ocad-detect {len(detected)}, equal: {served == detected}")
     ok = lost == 0 and served == detected
     print(f"files in {tmp}")
     return 0 if ok else 1

@@ -66,7 +66,7 @@ def test_webhook_retries_with_backoff_and_dead_alertmanager_does_not_block(tmp_p
         assert r.status_code == 200
         wait_until(lambda: hook.bodies, timeout=10, what="webhook delivery after retries")
         ev = hook.bodies[0]
-        assert ev["event"] == "firing" and ev["endpoint_id"] == "o-ru-001" and ev["severity"] == "critical"
+        assert ev["event"] == "alert" and ev["endpoint_id"] == "o-ru-001" and ev["severity"] == "critical"
         assert hook.calls == 3
         # scoring went on while Alertmanager was unreachable
         r = httpx.post(s.url + "/v1/samples", content=orjson.dumps([x for i in range(20) for x in _incident(f"o-du-{i}")]))

@@ -102,9 +102,9 @@ def test_restart_from_the_snapshot_neither_rewarms_nor_realerts(tmp_path):
             assert p.wait(30) == 0
     assert "snapshot" in log.read_text() and "restored: 1 endpoints, 1 open alerts" in log.read_text()
     events = [orjson.loads(x) for x in jsonl.read_bytes().splitlines()]
-    got = [(e["timestamp_ms"], e["severity"], e["escalation"]) for e in events if e["event"] in ("firing", "escalated")]
+    got = [(e["timestamp_ms"], e["severity"], e["escalation"]) for e in events if e["event"] == "alert"]
     assert got == expected
-    assert [e["event"] for e in events][-1] == "resolved"
+    assert [e["event"] for e in events if e["event"] != "change"][-1] == "resolved"
 
     # a tampered snapshot is refused with a log line; the service starts fresh
     raw = snap.read_bytes()
@@ -145,7 +145,7 @@ def test_sighup_reloads_the_configuration_and_keeps_state(tmp_path):
         m = httpx.get(u + "/metrics").text
         assert 'ocad_config_reloads_total{result="ok"} 1.0' in m and 'ocad_config_reloads_total{result="error"} 1.0' in m
     ev = orjson.loads(jsonl.read_text().splitlines()[0])
-    assert ev["event"] == "firing" and T0 + 5000 * 10 < ev["timestamp_ms"] <= T0 + 5000 * 21 and ev["severity"] == "warning"
+    assert ev["event"] == "alert" and not ev["escalation"] and T0 + 5000 * 10 < ev["timestamp_ms"] <= T0 + 5000 * 21 and ev["severity"] == "warning"
 
 
 @pytest.fixture(scope="module")

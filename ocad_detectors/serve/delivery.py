@@ -241,7 +241,7 @@ class AlertRouter:
                 if am:
                     s.submit(am)
             else:
-                s.submit({"event": event, **alert_dict})
+                s.submit({"event": event, **alert_dict})  # the pipeline's own "event" name wins
 
     # ------------------------------------------------------------ events from the worker
 
@@ -259,7 +259,7 @@ class AlertRouter:
                 am.append(self._with_ends(old, max(now_ms, a.timestamp_ms)))
             self.firing[key] = new
         am.append(self._with_ends(new, now_ms + self.cfg.ends_at_grace_s * 1000.0))
-        self._fanout("escalated" if a.escalation else "firing", a.to_dict(), am)
+        self._fanout("alert", a.to_dict(), am)
 
     def on_resolved(self, endpoint_id: str, episode_start_ms: int, end_ms: int, info: dict[str, Any]) -> None:
         """The episode ended (sample time ``end_ms``)."""
@@ -272,7 +272,7 @@ class AlertRouter:
         # Alertmanager treats endsAt <= now as resolved; a replay's sample time may lie in the
         # future of the wall clock, so never claim a resolution later than now
         ends = min(ends, time.time() * 1000.0)
-        self._fanout("resolved", {"endpoint_id": endpoint_id, "episode_start_ms": episode_start_ms, "end_ms": end_ms, **info},
+        self._fanout("resolved", info or {"endpoint_id": endpoint_id, "episode_start_ms": episode_start_ms, "end_ms": end_ms},
                      [self._with_ends(old, ends)])
 
     def on_change(self, info: dict[str, Any]) -> None:

@@ -168,9 +168,7 @@ class DetectorService:
                 continue
             counts: dict[str, int] = {}
             seen: dict[str, tuple[float, int]] = {}
-            alerts = []
-            resolved = []
-            changes: list[Any] = []
+            events: list[tuple[int, Any]] = []  # per sample as ocad-detect orders them: resolved, alert, change
             newest = self.newest_ts
             router = self.router  # a SIGHUP may have replaced it
             try:
@@ -187,24 +185,25 @@ class DetectorService:
                             seen[r.endpoint_id] = (r.composite, ts)
                             if ts > newest:
                                 newest = ts
-                            if r.alert is not None:
-                                alerts.append(r.alert)
                             if r.resolved is not None:
-                                resolved.append(r.resolved)
+                                events.append((0, r.resolved))
+                            if r.alert is not None:
+                                events.append((1, r.alert))
                             if r.changes:
-                                changes += r.changes
+                                events += [(2, ch) for ch in r.changes]
                         lat.observe(perf() - t0)
                 self.newest_ts = newest
                 with m.lock:
                     for k, v in counts.items():
                         m.samples[k] = m.samples.get(k, 0) + v
                     m.endpoints.update(seen)
-                for a in alerts:
-                    router.on_alert(a)
-                for res in resolved:
-                    router.on_resolved(res.endpoint_id, res.episode_start_ms, res.end_ms, res.to_dict())
-                for ch in changes:
-                    router.on_change(ch.to_dict() if hasattr(ch, "to_dict") else {"change": str(ch)})
+                for kind, ev in events:
+                    if kind == 0:
+                        router.on_resolved(ev.endpoint_id, ev.episode_start_ms, ev.end_ms, ev.to_dict())
+                    elif kind == 1:
+                        router.on_alert(ev)
+                    else:
+                        router.on_change(ev.to_dict())
             except Exception as exc:  # the worker must survive anything
                 logger.exception("scoring batch failed: %s", exc)
                 m.count("error", len(batch) - sum(counts.values()))
