@@ -1,7 +1,8 @@
 """Change-point detector: a two-sided level-shift detector per (endpoint, delay signal) that
 re-anchors on the new level (:mod:`ocad_detectors.levels`).
 
-Evidence (``changepoint``) is an *upward* sustained shift confirmed and not yet re-baselined:
+Evidence (``changepoint``) is an *upward* sustained shift confirmed and not yet re-baselined,
+on samples that still sit at the new level (above the midpoint between the two levels):
 after ``rebaseline_s`` at the new level it is the normal level, the evidence ends and the
 relative rules adopt it as their baseline, so a lasting shift gives one alert and one change
 record, not days of alarm. A downward change (recovery, re-route) is a change record, never
@@ -92,16 +93,22 @@ class ChangePointDetector:
             lst = st.lv[i]
             was = lst.evidence
             sc, e, rec = upd(lst, ts, v)
-            if sc > score:
-                score = sc
-            if e:
-                ev = EV_CHANGEPOINT
             if rec is not None:
                 changes += (rec,)
                 if rec.direction == "up":
                     st.last_up[i] = (rec.change_ms, rec.level_before, rec.level_after)
                 else:
                     rebase += ((i, rec.level_after, False),)
+            if e:
+                # evidence while the sample still sits at the new level: once the signal is
+                # back, the episode may resolve before the detector has confirmed the drop
+                up = st.last_up[i]
+                if up is not None and v > 0.5 * (up[1] + up[2]):
+                    ev = EV_CHANGEPOINT
+                    if sc > score:
+                        score = sc
+            elif sc > score:
+                score = sc
             elif was and not e:  # the new level held long enough: it is the baseline now
                 rebase += ((i, lst.mu, True),)
         return score, ev, changes, rebase

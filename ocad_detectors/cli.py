@@ -199,6 +199,8 @@ def summary(result: Any, elapsed_s: float, versions: dict[str, str | None], top:
         ("  critical", f"{sev.get('critical', 0):,}"),
         ("  major", f"{sev.get('major', 0):,}"),
         ("  warning", f"{sev.get('warning', 0):,}"),
+        ("episodes resolved", f"{len(result.resolutions):,}"),
+        ("level changes", f"{len(result.change_records):,}"),
         ("scoring time", f"{elapsed_s:.2f} s ({rate})"),
     ]
     out = ["OCAD detection summary", _table(("what", "count"), rows)]

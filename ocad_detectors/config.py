@@ -402,7 +402,9 @@ class AlertConfig:
     worthy sample.
     """
 
-    min_evidence: int = 2
+    #: distinct evidence types a sample needs to be alert-worthy (1: any one type, once it
+    #: persists; persistence, not agreement, keeps single-detector noise out of the pager)
+    min_evidence: int = 1
     standalone_evidence: tuple[str, ...] = ("threshold", "loss")
     #: composite at or above which the alert is major / critical (below: warning)
     severity: Mapping[str, float] = field(default_factory=_default_severity)
@@ -410,7 +412,7 @@ class AlertConfig:
     #: and so alert without further persistence
     immediate_evidence: tuple[str, ...] = ("loss",)
     #: statistical evidence must persist this long (sample time) before it counts
-    persist_s: float = 30.0
+    persist_s: float = 60.0
     #: ... in at least this share of the run's samples ...
     persist_fraction: float = 0.5
     #: ... and in at least this many samples (so a single sample never alerts below critical)
