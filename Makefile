@@ -20,7 +20,8 @@ run: setup ## materialize every asset (embedded SQLite storage in dagster_home/,
 	$(BIN)/dagster job execute -m ocad_pipeline.definitions -j ocad_pipeline_job
 	$(BIN)/python -m ocad_pipeline.outputs
 
-test: setup ## run the test suite
+test: setup ## run the test suite (installs Prometheus + Alertmanager for the ocad-serve tests if missing)
+	scripts/ensure-prometheus.sh
 	$(BIN)/pytest -q
 
 ui: setup ## the Dagster UI and daemon on http://127.0.0.1:3000

@@ -547,7 +547,7 @@ class DetectionConfig:
         if d is None:
             return cls()
         if "detection" in d:
-            _check_keys("(top level)", d, ["detection"])
+            _check_keys("(top level)", d, ["detection", "serve"])  # serve: is ocad-serve's (ocad_detectors.serve.config)
             d = d["detection"] or {}
         sections = ["model_path", "rules", "changepoint", "residual", "multivariate", "fusion", "alerts", "reload", "trust", "limits", "endpoints"]
         _check_keys("detection", d, sections)

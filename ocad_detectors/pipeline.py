@@ -549,6 +549,18 @@ class DetectionPipeline:
         with self._lock:
             return {k: e.last_ts for k, e in self._endpoints.items()}
 
+    def export_state(self) -> dict[str, Any]:
+        """Per-endpoint state as JSON-able data (see :mod:`ocad_detectors.state`)."""
+        from ocad_detectors.state import export_state
+
+        return export_state(self)
+
+    def import_state(self, data: dict[str, Any], keep: Callable[[str], bool] | None = None) -> list[str]:
+        """Restore what :meth:`export_state` returned; ``ValueError`` (no change) if malformed."""
+        from ocad_detectors.state import import_state
+
+        return import_state(self, data, keep)
+
     @property
     def endpoints(self) -> dict[str, frozenset[str]]:
         """Endpoints seen so far and their capability sets."""
