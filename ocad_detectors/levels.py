@@ -362,11 +362,15 @@ class LevelShiftDetector:
         st.ts.append(ts_ms)
         st.n = i + 1
         if st.dt <= 0.0 or i + 1 < _MIN_WARM or i + 1 < self._count(st, self.config.warmup_s):
-            # the first segment warming up: only its reference is tracked
-            self._refresh(st, st.n)
+            # the first segment warming up: nothing to compare yet; its reference is computed
+            # once, on the first sample after the warm-up (the same window a per-sample refresh
+            # would have ended with, without sorting it hundreds of times at fast probe rates)
             return 0.0, False, None
         sp = st.sp
         sm = st.sm
+        if st.mu != st.mu and i > st.seg_start:
+            self._refresh(st, i)
+            st.ref_i = i
         if i - st.seg_start < 16 or i - st.ref_i >= max(_REFRESH, self._count(st, self.config.reference_window_s) >> 4):
             end = i
             if sp > 0.0 and st.up_start < end:
