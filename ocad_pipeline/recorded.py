@@ -118,6 +118,8 @@ def _labels_from_file(path: Path, samples: pd.DataFrame) -> tuple[np.ndarray, np
             problems.append(Problem(f, int(i) + 2, "start", f"unreadable time {lab['start'].iloc[i]!r}"))
         for i in np.flatnonzero(~ok_e):
             problems.append(Problem(f, int(i) + 2, "end", f"unreadable time {lab['end'].iloc[i]!r}"))
+        for i in np.flatnonzero(ok_s & ok_e & (end <= start)):  # would label nothing, silently
+            problems.append(Problem(f, int(i) + 2, "end", f"label window ends ({lab['end'].iloc[i]}) before it starts ({lab['start'].iloc[i]})"))
         has_outage = np.zeros(len(lab), dtype=bool)
         outage = np.full(len(lab), np.nan)
         if "outage_start" in lab.columns:  # optional: when the episode turned into an outage

@@ -206,3 +206,11 @@ def test_operator_anomaly_types_are_kept_and_outage_start_gives_lead_time(tmp_pa
     bad = _write(tmp_path, "b.csv", "endpoint_id,start,end,anomaly_type,outage_start\nep,2026-01-05T00:03:20Z,2026-01-05T00:06:40Z,x,2026-01-05T01:00:00Z\n")
     with pytest.raises(RecordedDataError, match=r"row 2, column 'outage_start'.*\[start, end\)"):
         load_recorded(RecordedConfig(str(p), labels_path=str(bad)))
+
+
+def test_a_label_window_that_ends_before_it_starts_is_named_not_ignored(tmp_path):
+    labels = pd.read_csv(FIXTURES / "recorded_labels.csv")
+    labels.loc[1, ["start", "end"]] = labels.loc[1, ["end", "start"]].to_numpy()  # swapped by hand
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(RecordedDataError, match=r"labels.csv, row 3, column 'end': label window ends"):
+        load_recorded(RecordedConfig(str(FIXTURES / "recorded_wide.csv"), labels_path=str(tmp_path / "labels.csv")))
