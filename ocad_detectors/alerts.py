@@ -322,9 +322,9 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
             ref = d.reference[i]
             sigma = (v - ref[0]) / ref[1] if ref is not None else None
             extra = f" ({sigma:+.1f} σ from the healthy {_fmt(ref[0])} {unit})" if ref is not None and sigma is not None else ""
-            level = "critical" if v >= lv[1] else "warning"
+            level, at = ("critical", lv[1]) if v >= lv[1] else ("warning", lv[0])
             out.append(Explanation("threshold", sig, unit, lv[0], v, sigma,
-                                   f"{sig} = {_fmt(v)} {unit} above the {_fmt(lv[0])} {unit} {level} threshold{extra}"))
+                                   f"{sig} = {_fmt(v)} {unit} above the {_fmt(at)} {unit} {level} threshold{extra}"))
     if ev & EV_LOSS:
         lw = config.rules.loss_min_samples
         for cap in ("udp_echo", "ecpri", "lbm"):
