@@ -42,6 +42,7 @@ Atlas RTT traces (the ``dev`` split of ``ocad_pipeline.change_eval``).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -181,8 +182,8 @@ class LevelShiftState:
         self.unit = unit
         self.n = 0  # valid samples seen; the absolute index of the next one
         self.base = 0  # absolute index of xs[0]
-        self.xs: list[float] = []  # recent valid values (bounded)
-        self.ts: list[int] = []  # their time stamps (ms)
+        self.xs = array("d")  # recent valid values (bounded; compact: 8 bytes each)
+        self.ts = array("q")  # their time stamps (ms)
         self.last_ts = -1  # last time stamp seen (valid or not)
         self.dts: list[int] = []  # recent positive inter-arrival times (ms)
         self.dt = 0.0  # inferred sample interval (ms); 0 = not known yet
@@ -206,7 +207,7 @@ class LevelShiftState:
         out: dict[str, Any] = {}
         for name in self.__slots__:
             v = getattr(self, name)
-            out[name] = list(v) if isinstance(v, list) else (None if isinstance(v, float) and v != v else v)
+            out[name] = list(v) if isinstance(v, (list, array)) else (None if isinstance(v, float) and v != v else v)
         return out
 
     @classmethod
@@ -220,7 +221,8 @@ class LevelShiftState:
             v = d[name]
             if v is None and isinstance(getattr(st, name), float):
                 v = math.nan
-            setattr(st, name, list(v) if isinstance(v, list) else v)
+            cur = getattr(st, name)
+            setattr(st, name, array(cur.typecode, v) if isinstance(cur, array) else (list(v) if isinstance(v, list) else v))
         return st
 
 

@@ -31,6 +31,7 @@ the data are ignored, missing ones keep the default. A malformed payload raises
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,9 @@ class _Skip(Exception):
     """A value of a type this module does not encode (a derived object)."""
 
 
+_ARRAY_CODES = ("d", "q")  # compact float / int64 buffers (the level-shift detector's samples)
+
+
 def _enc(v: Any) -> Any:
     if v is None or isinstance(v, (bool, str)):
         return v
@@ -77,6 +81,10 @@ def _enc(v: Any) -> Any:
         return {"$f": "nan" if f != f else ("inf" if f > 0 else "-inf")}
     if isinstance(v, deque):
         return {"$dq": [_enc(x) for x in v], "maxlen": v.maxlen}
+    if isinstance(v, array):
+        if v.typecode not in _ARRAY_CODES:
+            raise _Skip
+        return {"$a": [_enc(x) for x in v], "typecode": v.typecode}
     if isinstance(v, tuple):
         return {"$t": [_enc(x) for x in v]}
     if isinstance(v, list):
@@ -111,6 +119,10 @@ def _dec(v: Any) -> Any:
             return deque((_dec(x) for x in v["$dq"]), maxlen=ml)
         if "$t" in v:
             return tuple(_dec(x) for x in v["$t"])
+        if "$a" in v:
+            if v.get("typecode") not in _ARRAY_CODES:
+                raise ValueError(f"bad array typecode {v.get('typecode')!r}")
+            return array(v["typecode"], (_dec(x) for x in v["$a"]))
         if "$fs" in v:
             return frozenset(_dec(x) for x in v["$fs"])
         if "$set" in v:
@@ -176,7 +188,7 @@ def _same_kind(default: Any, value: Any) -> bool:
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    for t in (deque, dict, list, tuple, str, frozenset, set, np.ndarray):
+    for t in (deque, array, dict, list, tuple, str, frozenset, set, np.ndarray):
         if isinstance(default, t):
             return isinstance(value, t)
     return True
