@@ -265,6 +265,13 @@ def _read_one(path: Path, options: ReadOptions, problems: list[Problem]) -> pd.D
                     v = _convert(v, options.units[c], sig)
             for i in np.flatnonzero(bad)[:50]:
                 problems.append(Problem(f, int(rows[i]), c, f"not a {'boolean' if sig == 'lbm_success' else 'number'}: {raw[c].iloc[i]!r}"))
+            if sig != "lbm_success":  # out-of-range delays in the same pass as unreadable cells
+                spec = SIGNALS[sig]
+                with np.errstate(invalid="ignore"):
+                    out_of_range = ~bad & np.isfinite(v) & ((v <= spec.min_value) | (v > spec.max_value))
+                for i in np.flatnonzero(out_of_range)[:50]:
+                    what = f"must be > {spec.min_value:g} {spec.unit}" if v[i] <= spec.min_value else f"above {spec.max_value:g} {spec.unit}"
+                    problems.append(Problem(f, int(rows[i]), c, f"{sig} {what}: {raw[c].iloc[i]!r}"))
             data[sig] = v
         frame = pd.DataFrame({"timestamp_ms": ts, "endpoint_id": ep.to_numpy(dtype=object), **data})
         frame["src_row"] = rows
@@ -342,8 +349,6 @@ def read_samples(
             continue
         if fr is not None:
             frames.append(fr.assign(src_file=str(p)))
-    if problems:
-        raise RecordedDataError(problems)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["timestamp_ms", "endpoint_id"])
     signals = [s for s in SIGNALS if s in df.columns]
     n_read = len(df)
@@ -351,11 +356,11 @@ def read_samples(
     df = df.drop_duplicates(value_cols)
     n_exact_dups = n_read - len(df)
     clash = df.duplicated(["endpoint_id", "timestamp_ms"], keep=False)
-    if clash.any():
-        for r in df[clash].head(30).itertuples():
-            problems.append(
-                Problem(str(r.src_file), int(r.src_row), "timestamp", f"{r.endpoint_id} has two different samples at {int(r.timestamp_ms)} ms")
-            )
+    for r in df[clash].head(30).itertuples():  # listed with the cell problems, in one pass
+        problems.append(
+            Problem(str(r.src_file), int(r.src_row), "timestamp", f"{r.endpoint_id} has two different samples at {int(r.timestamp_ms)} ms")
+        )
+    if problems:
         raise RecordedDataError(problems)
     df["timestamp_ms"] = np.round(df["timestamp_ms"].astype(float)).astype("int64")
     df = df.sort_values(["timestamp_ms", "endpoint_id"], kind="stable").reset_index(drop=True)

@@ -214,3 +214,25 @@ def test_a_label_window_that_ends_before_it_starts_is_named_not_ignored(tmp_path
     labels.to_csv(tmp_path / "labels.csv", index=False)
     with pytest.raises(RecordedDataError, match=r"labels.csv, row 3, column 'end': label window ends"):
         load_recorded(RecordedConfig(str(FIXTURES / "recorded_wide.csv"), labels_path=str(tmp_path / "labels.csv")))
+
+
+def test_every_bad_cell_and_clash_is_listed_in_one_pass(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text(
+        "timestamp,endpoint_id,udp_echo_rtt_ms,lbm_success\n"
+        "2026-01-05T00:00:00Z,a,4.0,true\n"
+        "notatime,a,4.0,true\n"
+        "2026-01-05T00:00:10Z,a,fast,true\n"
+        "2026-01-05T00:00:20Z,a,4.0,maybe\n"
+        "2026-01-05T00:00:25Z,a,-4.0,true\n"
+        "2026-01-05T00:00:30Z,a,4.0,true\n"
+        "2026-01-05T00:00:30Z,a,5.0,true\n"
+    )
+    with pytest.raises(RecordedDataError) as e:
+        load_recorded(RecordedConfig(str(p)))
+    got = {(pr.row, pr.column) for pr in e.value.problems}
+    assert got == {(3, "timestamp"), (4, "udp_echo_rtt_ms"), (5, "lbm_success"), (6, "udp_echo_rtt_ms"), (7, "timestamp"), (8, "timestamp")}
+    # a declared "no reply" code is not out of range
+    p.write_text("timestamp,endpoint_id,udp_echo_rtt_ms\n2026-01-05T00:00:00Z,a,4.0\n2026-01-05T00:00:05Z,a,-3\n")
+    data, _ = load_recorded(RecordedConfig(str(p), missing_values=(-3.0,)))
+    assert data.samples["udp_echo_rtt_ms"].isna().sum() == 1
