@@ -297,8 +297,9 @@ class SampleDetails:
     values: tuple[float, float, float]
     reference: Sequence[tuple[float, float] | None]
     loss_runs: Mapping[str, int]
-    #: per delay signal: (shift evidence, current level, last upward change (ms, before, after))
-    changepoint: Sequence[tuple[bool, float, tuple[int, float, float] | None]]
+    #: per delay signal: (shift evidence, current level, last upward change (ms, before, after),
+    #: short-horizon CUSUM past its threshold or 0)
+    changepoint: Sequence[tuple[bool, float, tuple[int, float, float] | None, float]]
     residual: Sequence[tuple[float, float, float] | None]  # (forecast, r in σ, threshold in σ)
     multivariate: tuple[float, float, str, float] | None = None
     #: (warning, critical) rule levels per delay signal (None: no rule)
@@ -336,16 +337,20 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                                        f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
     if ev & EV_CHANGEPOINT:
         for i, sig in enumerate(VALUE_SIGNALS):
-            evidence, level, up = d.changepoint[i]
-            if not evidence or up is None:
-                continue
+            evidence, level, up, fast = d.changepoint[i]
             unit = SIGNALS[sig].unit
-            since, before, after = up
             v = d.values[i]
             now = f"; now {_fmt(v)} {unit}" if v == v else "; no value this sample"
-            out.append(Explanation("changepoint", sig, unit, before, v if v == v else None, None,
-                                   f"{sig}: sustained shift from {_fmt(before)} to {_fmt(after)} {unit} "
-                                   f"since {iso_ms(since)}{now}"))
+            if evidence and up is not None:
+                since, before, after = up
+                out.append(Explanation("changepoint", sig, unit, before, v if v == v else None, None,
+                                       f"{sig}: sustained shift from {_fmt(before)} to {_fmt(after)} {unit} "
+                                       f"since {iso_ms(since)}{now}"))
+            elif fast > 0.0:
+                h = config.changepoint.levels.fast_h
+                out.append(Explanation("changepoint", sig, unit, level, v if v == v else None, None,
+                                       f"{sig}: sustained rise above its level of {_fmt(level)} {unit} "
+                                       f"(short-horizon CUSUM {fast:.0f} > {h:g} robust σ-samples){now}"))
     if ev & EV_RESIDUAL:
         for i, sig in enumerate(VALUE_SIGNALS):
             res = d.residual[i]

@@ -1,8 +1,10 @@
 """Change-point detector: a two-sided level-shift detector per (endpoint, delay signal) that
 re-anchors on the new level (:mod:`ocad_detectors.levels`).
 
-Evidence (``changepoint``) is an *upward* sustained shift confirmed and not yet re-baselined,
-on samples that still sit at the new level (above the midpoint between the two levels):
+Evidence (``changepoint``) is a short-horizon upward CUSUM of the robust z-score against the
+endpoint's current level above its threshold (small sustained rises, within minutes), or an
+*upward* sustained shift confirmed and not yet re-baselined, on samples that still sit at the
+new level (above the midpoint between the two levels):
 after ``rebaseline_s`` at the new level it is the normal level, the evidence ends and the
 relative rules adopt it as their baseline, so a lasting shift gives one alert and one change
 record, not days of alarm. A downward change (recovery, re-route) is a change record, never
@@ -50,6 +52,7 @@ class ChangePointDetector:
     def __init__(self, config: ChangePointConfig | None = None, reference: ReferenceStats | None = None) -> None:
         self.config = config or ChangePointConfig()
         self.levels = LevelShiftDetector(self.config.levels)
+        self._fast_h = self.config.levels.fast_h
         self._states: dict[str, _CPState] = {}
         self.reference = reference or ReferenceStats()
 
@@ -109,14 +112,21 @@ class ChangePointDetector:
                         score = sc
             elif sc > score:
                 score = sc
+            if self._fast_h > 0.0 and lst.fast > self._fast_h:
+                ev = EV_CHANGEPOINT
+                fs = 1.0 - 0.5 * self._fast_h / lst.fast
+                if fs > score:
+                    score = fs
             elif was and not e:  # the new level held long enough: it is the baseline now
                 rebase += ((i, lst.mu, True),)
         return score, ev, changes, rebase
 
-    @staticmethod
-    def details(st: _CPState) -> list[tuple[bool, float, tuple[int, float, float] | None]]:
-        """Per delay signal: (evidence, current level, last upward change) for explanations."""
-        return [(st.lv[i].evidence, st.lv[i].mu, st.last_up[i]) for i in range(3)]
+    def details(self, st: _CPState) -> list[tuple[bool, float, tuple[int, float, float] | None, float]]:
+        """Per delay signal: (confirmed-shift evidence, current level, last upward change, the
+        short-horizon CUSUM when it is past its threshold else 0) for explanations."""
+        h = self._fast_h
+        return [(st.lv[i].evidence, st.lv[i].mu, st.last_up[i], st.lv[i].fast if h > 0.0 and st.lv[i].fast > h else 0.0)
+                for i in range(3)]
 
     def score_one(self, sample: Any) -> DetectorOutput:
         """Standalone use: validate (``ValueError`` if invalid), then update and score."""

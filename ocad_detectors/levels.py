@@ -108,6 +108,13 @@ class LevelShiftConfig:
     rebaseline_s: float = 3600.0
     #: the robust sigma is at least this fraction of |level| (flat traces have MAD ~ 0)
     scale_floor_rel: float = 0.0005
+    #: short-horizon degradation evidence before a change is confirmed: an upper CUSUM of
+    #: z = (x - level) / robust sigma, clipped at fast_clip, with slack fast_k; evidence while it
+    #: is above fast_h (fast_h = 0: off; capped at 1.5 fast_h so it ends soon after recovery).
+    #: In σ·samples, like any CUSUM; change records are not affected.
+    fast_k: float = 2.0
+    fast_h: float = 80.0
+    fast_clip: float = 4.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -172,7 +179,7 @@ class LevelShiftState:
 
     __slots__ = (
         "base", "changes", "delta", "dn_start", "dt", "dt_k", "dts", "endpoint_id", "evidence", "last_ts",
-        "mu", "n", "rebase_ms", "ref_i", "seg_start", "sigma", "sigma_prev", "signal", "sm", "sp", "ts",
+        "fast", "mu", "n", "rebase_ms", "ref_i", "seg_start", "sigma", "sigma_prev", "signal", "sm", "sp", "ts",
         "unit", "up_start", "xs",
     )
 
@@ -200,6 +207,7 @@ class LevelShiftState:
         self.up_start = 0
         self.dn_start = 0
         self.evidence = False  # upward change confirmed and not yet re-baselined
+        self.fast = 0.0  # short-horizon upper CUSUM in robust σ of the current level
         self.rebase_ms = 0  # sample time at which the evidence ends (re-baselined)
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,6 +336,7 @@ class LevelShiftDetector:
         st.sigma_prev = st.sigma
         st.seg_start = j
         st.sp = st.sm = 0.0
+        st.fast = 0.0
         st.up_start = st.dn_start = n
         self._refresh(st, n)
         if up:
@@ -381,6 +390,13 @@ class LevelShiftDetector:
                 end = st.dn_start
             if end > st.seg_start:
                 self._refresh(st, end)
+        c = self.config
+        if c.fast_h > 0.0 and st.sigma > 0.0:
+            z = (x - st.mu) / st.sigma
+            if z > c.fast_clip:
+                z = c.fast_clip
+            f = st.fast + z - c.fast_k
+            st.fast = 0.0 if f < 0.0 else (f if f < 1.5 * c.fast_h else 1.5 * c.fast_h)
         y = (x - st.mu) / st.delta
         clip = self._clip
         if y > clip:

@@ -908,7 +908,7 @@ class _BatchRun:
             lvl = lv_all[j]
             d = SampleDetails(
                 (float(u[j]), float(c[j]), float(lb[j])), refs, {k: int(v[j]) for k, v in runs_.items()},
-                cp_det[j] or [(False, _NAN, None)] * 3,
+                cp_det[j] or [(False, _NAN, None, 0.0)] * 3,
                 [(float(P[i][j]), float(R[i][j]), T[i]) if R[i][j] == R[i][j] else None for i in range(3)],
                 top_feature(mv[0], mv[1], mv[2]) if mv is not None else None,
                 [None if lvl[i, 0] != lvl[i, 0] else (float(lvl[i, 0]), float(lvl[i, 1])) for i in range(3)],

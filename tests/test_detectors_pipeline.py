@@ -157,7 +157,12 @@ def test_no_models_at_all_rules_and_configured_cusum_keep_working(built, tmp_pat
     cp = np.array(["changepoint" in r.evidence for r in results])
     k = np.flatnonzero(step)
     assert cp[k[720 + 400 : 1440 - 3]].all() and not cp[k[:720]].any() and not cp[k[1440 + 3 :]].any()
-    assert not cp[~step].any()
+    assert cp[k[720 : 720 + 60]].any()  # the short-horizon CUSUM: within minutes, before the 32 min confirmation
+    # elsewhere mostly on the fixture's incidents
+    anomalous = set(zip(built.test["endpoint_id"].astype(str), built.test["timestamp_ms"].astype("int64"))) & set(
+        zip(built.test.loc[built.test["is_anomaly"], "endpoint_id"].astype(str), built.test.loc[built.test["is_anomaly"], "timestamp_ms"].astype("int64")))
+    lab = np.array([(r.endpoint_id, r.timestamp_ms) in anomalous for r in results])
+    assert cp[~step & lab].mean() > 0.2 and cp[~step & ~lab].mean() < 0.03
     changes = [c for r in results for c in r.changes if c.endpoint_id == "o-du-998"]
     assert [(c.signal, c.direction) for c in changes] == [("udp_echo_rtt_ms", "up"), ("udp_echo_rtt_ms", "down")]
 
