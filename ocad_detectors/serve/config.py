@@ -149,7 +149,9 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class _ScalarServe:
+    """The flat settings of the ``serve:`` section (typed and checked by ``_typed``)."""
+
     listen: str = "127.0.0.1:8080"
     token_env: str = "OCAD_SERVE_TOKEN"
     queue_size: int = 200_000
@@ -163,6 +165,10 @@ class ServeConfig:
     require_models: bool = True
     evict_idle_after_s: float = 0.0
     endpoint_roles: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServeConfig(_ScalarServe):
     max_endpoints_metrics: int = 1000
     shard: ShardConfig = field(default_factory=ShardConfig)
     alerts: AlertSinkConfig = field(default_factory=AlertSinkConfig)
@@ -190,23 +196,6 @@ class ServeConfig:
         parse_listen(base.listen)
         return cls(**{f.name: getattr(base, f.name) for f in fields(_ScalarServe)}, max_endpoints_metrics=max_ep,
                    shard=shard, alerts=_typed("serve.alerts", AlertSinkConfig, d.get("alerts")), pull=pull)
-
-
-@dataclass(frozen=True)
-class _ScalarServe:
-    listen: str = "127.0.0.1:8080"
-    token_env: str = "OCAD_SERVE_TOKEN"
-    queue_size: int = 200_000
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_samples_per_request: int = 50_000
-    batch_max: int = 2048
-    snapshot_path: str | None = None
-    snapshot_every_s: float = 0.0
-    drain_timeout_s: float = 30.0
-    reload_check_s: float = 5.0
-    require_models: bool = True
-    evict_idle_after_s: float = 0.0
-    endpoint_roles: dict[str, str] = field(default_factory=dict)
 
 
 def _shard(d: Any) -> ShardConfig:
