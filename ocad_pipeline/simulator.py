@@ -204,6 +204,40 @@ def _ar1(rng: np.random.Generator, n: int, phi: float, std: float) -> np.ndarray
     return lfilter([1.0], [1.0, -phi], eps)
 
 
+def _record_incident(
+    cfg: SimulatorConfig, endpoint_id: str, k: int, typ: str, sev: str, start: int, length: int, end: int, dt: float,
+    sigs: list[str], affected: list[str], values: dict[str, np.ndarray], lbm_ok: np.ndarray | None,
+    is_anom: np.ndarray, itype: np.ndarray, inc_id: np.ndarray, incidents: list[dict],
+) -> None:
+    """Both profiles: the outage after an episode (samples start + length .. end lose every
+    reply), its labels, and its row of the incident table. In place."""
+    outage_start_ms = None
+    if end > start + length:
+        osl = slice(start + length, end)
+        for s in sigs:
+            values[s][osl] = np.nan
+        if lbm_ok is not None:
+            lbm_ok[osl] = False
+            affected = affected + ["lbm_success"]
+        outage_start_ms = cfg.start_ms + int(round((start + length) * dt * 1000))
+    iid = f"{endpoint_id}#{k:03d}"
+    is_anom[start:end] = True
+    itype[start:end] = typ
+    inc_id[start:end] = iid
+    incidents.append(
+        {
+            "incident_id": iid,
+            "endpoint_id": endpoint_id,
+            "start": cfg.start_ms + int(round(start * dt * 1000)),
+            "end": cfg.start_ms + int(round(end * dt * 1000)),  # exclusive: first healthy sample
+            "type": typ,
+            "severity": sev,
+            "outage_start": outage_start_ms,
+            "signals": ",".join(dict.fromkeys(affected)),
+        }
+    )
+
+
 def _simulate_endpoint_clean(cfg: SimulatorConfig, seed: np.random.SeedSequence, endpoint_id: str, role: str, caps: tuple[str, ...]):
     rng = np.random.default_rng(seed)
     n = cfg.n_samples
@@ -307,32 +341,8 @@ def _simulate_endpoint_clean(cfg: SimulatorConfig, seed: np.random.SeedSequence,
         else:  # correlated: eCPRI delay rises while UDP echo stays normal
             affected = ["ecpri_ow_us"]
             values["ecpri_ow_us"][sl] += rng.uniform(*_CORRELATED_ECPRI_US) * scale * shape
-        outage_start_ms = None
-        if outage_len:
-            osl = slice(start + length, end)
-            for s in sigs:
-                values[s][osl] = np.nan
-            if lbm_ok is not None:
-                lbm_ok[osl] = False
-                affected = affected + ["lbm_success"]
-            outage_start_ms = cfg.start_ms + int(round((start + length) * dt * 1000))
         k += 1
-        iid = f"{endpoint_id}#{k:03d}"
-        is_anom[start:end] = True
-        itype[start:end] = typ
-        inc_id[start:end] = iid
-        incidents.append(
-            {
-                "incident_id": iid,
-                "endpoint_id": endpoint_id,
-                "start": cfg.start_ms + int(round(start * dt * 1000)),
-                "end": cfg.start_ms + int(round(end * dt * 1000)),  # exclusive: first healthy sample
-                "type": typ,
-                "severity": sev,
-                "outage_start": outage_start_ms,
-                "signals": ",".join(affected),
-            }
-        )
+        _record_incident(cfg, endpoint_id, k, typ, sev, start, length, end, dt, sigs, affected, values, lbm_ok, is_anom, itype, inc_id, incidents)
         cursor = end * dt + cfg.min_gap_minutes * 60.0 + rng.exponential(mean_gap_s)
 
     # delays can't be negative; physical floor at 1 % of baseline
@@ -525,32 +535,8 @@ def _simulate_endpoint_realistic(
         else:  # jitter: the variance grows, the mean does not
             for s in sigs:
                 values[s][sl] += rng.uniform(*_R_JITTER_SIGMAS[sev]) * noise_std[s] * rng.standard_normal(length)
-        outage_start_ms = None
-        if outage_len:
-            osl = slice(start + length, end)
-            for s in sigs:
-                values[s][osl] = np.nan
-            if lbm_ok is not None:
-                lbm_ok[osl] = False
-                affected = affected + ["lbm_success"]
-            outage_start_ms = cfg.start_ms + int(round((start + length) * dt * 1000))
         k += 1
-        iid = f"{endpoint_id}#{k:03d}"
-        is_anom[start:end] = True
-        itype[start:end] = typ
-        inc_id[start:end] = iid
-        incidents.append(
-            {
-                "incident_id": iid,
-                "endpoint_id": endpoint_id,
-                "start": cfg.start_ms + int(round(start * dt * 1000)),
-                "end": cfg.start_ms + int(round(end * dt * 1000)),  # exclusive: first healthy sample
-                "type": typ,
-                "severity": sev,
-                "outage_start": outage_start_ms,
-                "signals": ",".join(dict.fromkeys(affected)),
-            }
-        )
+        _record_incident(cfg, endpoint_id, k, typ, sev, start, length, end, dt, sigs, affected, values, lbm_ok, is_anom, itype, inc_id, incidents)
         cursor = end * dt + cfg.min_gap_minutes * 60.0 + rng.exponential(mean_gap_s)
 
     for s in sigs:  # delays can't be negative; physical floor at 1 % of baseline
