@@ -98,6 +98,24 @@ def service_process(config: Path, port: int, log: Path, env: dict[str, str] | No
 
 
 @contextlib.contextmanager
+def _server(cmd: list[str], log_path: Path, port: int, what: str) -> Iterator[str]:
+    """Run a real server binary on a loopback port until it is ready; stop it afterwards."""
+    log = open(log_path, "wb")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(url + "/-/ready").status_code == 200, timeout=30, what=f"{what} ready")
+        yield url
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        log.close()
+
+
+@contextlib.contextmanager
 def prometheus(tmp: Path, scrape: dict[str, list[str]], interval: str = "1s", port: int | None = None) -> Iterator[str]:
     """The real Prometheus on a loopback port scraping ``job -> [host:port, ...]``."""
     assert PROMETHEUS, "prometheus binary missing (make test installs it: scripts/ensure-prometheus.sh)"
@@ -107,23 +125,9 @@ def prometheus(tmp: Path, scrape: dict[str, list[str]], interval: str = "1s", po
         "scrape_configs": [{"job_name": job, "scrape_interval": interval, "static_configs": [{"targets": t}]} for job, t in scrape.items()],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "prometheus.log", "wb")
-    p = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(url + "/-/ready").status_code == 200, timeout=30, what="prometheus ready")
+    with _server([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                  f"--web.listen-address=127.0.0.1:{port}"], tmp / "prometheus.log", port, "prometheus") as url:
         yield url
-    finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-        log.close()
 
 
 @contextlib.contextmanager
@@ -137,23 +141,10 @@ def alertmanager(tmp: Path, webhook_url: str) -> Iterator[str]:
         "receivers": [{"name": "hook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
     }
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "alertmanager.log", "wb")
-    p = subprocess.Popen(
-        [ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(url + "/-/ready").status_code == 200, timeout=30, what="alertmanager ready")
+    with _server([ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], tmp / "alertmanager.log", port,
+                 "alertmanager") as url:
         yield url
-    finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-        log.close()
 
 
 class Receiver:
