@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from ocad_detectors.levels import LevelShiftConfig, LevelShiftDetector
+from ocad_detectors.levels import LevelShiftConfig
 
 __all__ = [
     "DEFAULT_TRACES",

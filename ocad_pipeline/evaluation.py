@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 from ocad_pipeline.training.metrics import best_f1_threshold as _exact_best_f1
 from ocad_pipeline.training.metrics import roc_auc as _roc_auc

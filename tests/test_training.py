@@ -28,7 +28,6 @@ from ocad_pipeline.training.iforest import (
 from ocad_pipeline.training.metrics import best_f1_threshold, classification_metrics, forecast_metrics, roc_auc
 from ocad_pipeline.training.tcn import (
     WEIGHTS_FILE,
-    Scaler,
     TCNParams,
     evaluate_forecasts,
     predict,

@@ -12,7 +12,6 @@ from typing import Optional
 
 import dagster as dg
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
