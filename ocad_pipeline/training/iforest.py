@@ -256,6 +256,8 @@ def fit_group(
             params.target_rate, fallback=oof, fallback_source="out-of-fold scores of the normal training rows (k-fold CV)",
             times_ms=val["timestamp_ms"].to_numpy()[healthy] if len(Xv) and params.sustain_s > 0 else None,
             sustain_s=params.sustain_s if params.sustain_s > 0 else None,
+            fallback_times_ms=train.loc[normal, "timestamp_ms"].to_numpy() if params.sustain_s > 0 else None,
+            fallback_endpoints=train.loc[normal, "endpoint_id"].to_numpy() if params.sustain_s > 0 else None,
         )
         threshold = calibration["pooled"]
         method = f"budget: {params.target_rate:.2%} of {calibration['pooled_source']} above it ({calibration['pooled_rows']} rows)"
