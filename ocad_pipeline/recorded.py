@@ -52,7 +52,10 @@ def _row_schema() -> pa.DataFrameSchema:
         sig = SIGNALS[s]
         cols[s] = pa.Column(
             float,
-            [pa.Check.gt(sig.min_value, error=f"{s} must be > 0 {sig.unit}"), pa.Check.le(sig.max_value, error=f"{s} above {sig.max_value:g} {sig.unit}")],
+            [
+                pa.Check.ge(sig.min_value, error=f"{s} must be >= {sig.min_value:g} {sig.unit}"),
+                pa.Check.le(sig.max_value, error=f"{s} above {sig.max_value:g} {sig.unit}"),
+            ],
             nullable=True,
             required=False,
         )
