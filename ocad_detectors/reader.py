@@ -775,8 +775,7 @@ def _problem_text(field_name: str, cell: Any, frame_cell: Any, message: str) -> 
     if field_name == "timestamp_ms":
         if _na_cell(cell) or (isinstance(cell, str) and not cell.strip()):
             return "missing timestamp"
-        reason = message.split(": ", 1)[-1]
-        return f"unreadable timestamp {shown}" + ("" if unread else f" ({reason})")
+        return f"unreadable timestamp {shown}" + ("" if unread else f" ({message})")
     if field_name == "endpoint_id":
         return "empty endpoint_id" if _na_cell(cell) or (isinstance(cell, str) and not cell.strip()) else f"bad endpoint_id {shown}: {message}"
     if field_name == "lbm_success":
@@ -799,9 +798,7 @@ def _problems(pf: _File, chk: FrameCheck, problems: list[Problem], counts: dict[
 
     frame_cols = {name: pf.frame[name].to_numpy(dtype=object) for name in SIGNAL_ORDER + ("timestamp_ms", "endpoint_id")}
     for i in np.flatnonzero(~chk.valid).tolist():
-        err = chk.error[i] or ""
-        parts = err.split("; ")
-        for name in chk.bad_fields.get(i, ()):
+        for name, msg in chk.bad_fields.get(i, ()):
             if name == "input_error":
                 if i in pf.notes:
                     for pr in pf.notes[i]:
@@ -812,7 +809,7 @@ def _problems(pf: _File, chk: FrameCheck, problems: list[Problem], counts: dict[
             if name == "unknown_fields":
                 continue
             pos, cell = _cell(pf, name, i)
-            msg = next((m for m in parts if m.startswith(name + ":")), err)
+            msg = msg.removeprefix(name + ": ")  # the column is named already
             add(Problem(pf.path, pos + pf.offset, pf.columns.get(name, name), _problem_text(name, cell, frame_cols[name][i], msg)))
 
 
@@ -886,8 +883,8 @@ def read_samples(
         chk = validate_frame(pf.frame)
         _problems(pf, chk, problems, counts)
         keyed = np.ones(chk.n, dtype=bool)
-        for i, names in chk.bad_fields.items():
-            if "timestamp_ms" in names or "endpoint_id" in names:
+        for i, fails in chk.bad_fields.items():
+            if any(name in ("timestamp_ms", "endpoint_id") for name, _ in fails):
                 keyed[i] = False
         frames.append(_strict_frame(pf, chk)[keyed])
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["timestamp_ms", "endpoint_id", "src_row", "src_file"])

@@ -1,4 +1,4 @@
-"""The sample type, its validation at the API boundary, and a lenient CSV/Parquet reader.
+"""The sample type and its validation at the API boundary, one sample or a whole frame at once.
 
 A sample is one probe round of one endpoint: ``(timestamp_ms, endpoint_id)`` plus values for any
 subset of the signals in :mod:`ocad_detectors.signals`. Validation never raises for bad data:
@@ -24,11 +24,12 @@ unknown key in a mapping         *invalid* (a typo such as ``udp_echo_rtt`` must
 
 All errors of one sample are reported together, joined by ``"; "``.
 
-Files (:func:`read_samples`): CSV cells are text, so the reader turns numeric text into numbers
-and true/false/1/0/yes/no into booleans for ``lbm_success``; any other text stays as read and
-makes that row invalid. Timestamps: epoch ms in a ``timestamp_ms`` column; in a ``timestamp``
-(``time``, ``ts``, ``datetime``) column numbers below 1e11 are epoch seconds, larger ones epoch
-milliseconds, and text is ISO 8601 (no zone = UTC).
+Files are read by :mod:`ocad_detectors.reader` (its module docstring states the rule of every
+field for files); :func:`read_samples` here is its lenient mode, as ``ocad-detect`` uses it.
+Frames are judged by :func:`validate_frame`, the one vectorized validator (``score_frame`` and
+both reader modes use it), whose verdicts and messages are those of :func:`validate_sample`.
+Delays are valid from 0 to ``Signal.max_value`` inclusive, in the streaming path, the frame
+validator, the reader and the pipeline's pandera schemas alike.
 """
 
 from __future__ import annotations
@@ -346,9 +347,9 @@ class FrameCheck:
     #: what could be read of each row's timestamp / endpoint (for results of invalid rows)
     ts_out: list[int | None]
     ep_out: list[str | None]
-    #: invalid row -> the fields that failed (``timestamp_ms``, a signal, ``input_error``, or
-    #: ``unknown_fields`` for columns that are not sample fields), in message order
-    bad_fields: dict[int, tuple[str, ...]]
+    #: invalid row -> ``(field, message)`` of each failure, in the order of ``error``; field is
+    #: ``timestamp_ms``, ``endpoint_id``, a signal, ``input_error`` or ``unknown_fields``
+    bad_fields: dict[int, tuple[tuple[str, str], ...]]
 
     @property
     def n(self) -> int:
@@ -484,7 +485,7 @@ def validate_frame(frame: pd.DataFrame) -> FrameCheck:
     error: list[str | None] = [None] * n
     ts_out: list[int | None] = ts.tolist()
     ep_out: list[str | None] = eps.tolist()
-    bad_fields: dict[int, tuple[str, ...]] = {}
+    bad_fields: dict[int, tuple[tuple[str, str], ...]] = {}
     u, c, lb = vals
     for i in np.flatnonzero(suspect).tolist():
         errors: list[str] = [unknown_msg] if unknown_msg else []
@@ -498,7 +499,7 @@ def validate_frame(frame: pd.DataFrame) -> FrameCheck:
         if tup is None:
             valid[i] = False
             error[i] = "; ".join(errors)
-            bad_fields[i] = tuple(fields)
+            bad_fields[i] = tuple(zip(fields, errors))
         else:
             ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
     return FrameCheck(valid, error, ts, eps, (u, c, lb, s), ts_out, ep_out, bad_fields)
