@@ -58,7 +58,6 @@ import numpy as np
 from ocad_detectors.samples import (
     MAX_COLUMNS,
     MAX_TIMESTAMP_MS,
-    SAMPLE_FIELDS,
     SIGNAL_ORDER,
     FrameCheck,
     safe_repr,
@@ -193,11 +192,13 @@ class ReadOptions:
         if bad:
             raise ValueError(f"signal_map targets unknown signals {bad}; known: {', '.join(SIGNALS)}")
         check_units(self.units, self.signal_map)
-        object.__setattr__(self, "units", {k: str(v).strip() for k, v in self.units.items()})
-
-    def unit_of(self, column: str, signal: str) -> str | None:
-        """The unit given for a wide column (by its own name or the signal's)."""
-        return self.units.get(column, self.units.get(signal))
+        by_signal: dict[str, str] = {}
+        for k, v in self.units.items():  # keyed by the file's name or the signal's: one per signal
+            sig, unit = self.signal_map.get(k, k), str(v).strip()
+            if by_signal.get(sig, unit) != unit:
+                raise ValueError(f"two units given for {sig}: {by_signal[sig]!r} and {unit!r}")
+            by_signal[sig] = unit
+        object.__setattr__(self, "units", by_signal)
 
 
 # ----------------------------------------------------------------------------- files
@@ -249,16 +250,18 @@ def _header(p: Path) -> list[str] | None:
     return names
 
 
-def _read_raw(p: Path) -> tuple[pd.DataFrame, int]:
-    """The file as pandas reads it and the offset from row position to the reported row."""
+def _read_raw(p: Path, text_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, int]:
+    """The file as pandas reads it and the offset from row position to the reported row.
+    ``endpoint_id`` and ``text_columns`` (labels) are read as text, only an empty cell missing."""
     import pandas as pd
 
     header = _header(p)
     try:
         if p.suffix.lower() == ".csv":
             # endpoint ids stay text ("007"); NA tokens are "missing" only in value columns
-            na = {c: ([""] if c == "endpoint_id" else list(NA_TOKENS)) for c in header or []}
-            dtype = {"endpoint_id": str} if header and "endpoint_id" in header else None
+            text = {"endpoint_id", *text_columns} & set(header or [])
+            na = {c: ([""] if c in text else list(NA_TOKENS)) for c in header or []}
+            dtype = {c: str for c in text} or None
             raw = pd.read_csv(p, dtype=dtype, keep_default_na=False, na_values=na or list(NA_TOKENS), low_memory=False)
             return raw, 2
         return pd.read_parquet(p), 0
@@ -546,7 +549,7 @@ def _unknown_text(unknown: list[str], known: set[str], ts_col: str) -> str:
 def _parse_file(p: Path, options: ReadOptions, mode: str) -> _File:
     import pandas as pd
 
-    raw, offset = _read_raw(p)
+    raw, offset = _read_raw(p, options.keep_columns if mode == "strict" else ())
     f = str(p)
     src_cols = [str(c) for c in raw.columns]
     cols = [options.signal_map.get(c, c) for c in src_cols]
@@ -589,13 +592,12 @@ def _parse_file(p: Path, options: ReadOptions, mode: str) -> _File:
             if s not in cols:
                 data[s] = np.full(n, np.nan)
                 continue
-            src = src_cols[cols.index(s)]
-            columns[s] = src
+            columns[s] = src_cols[cols.index(s)]
             cell_cols[s] = s
             if s == "lbm_success":
                 num, kind, cells = _parse_cells(raw[s], True)
             else:
-                num, kind, cells = _delay_cells(raw[s], s, options.missing_values, options.unit_of(src, s))
+                num, kind, cells = _delay_cells(raw[s], s, options.missing_values, options.units.get(s))
             data[s] = _cells_out(num, kind, cells)
         data["input_error"] = raw["input_error"].to_numpy(dtype=object) if "input_error" in cols else np.full(n, None, dtype=object)
         frame = pd.DataFrame(data)
@@ -683,10 +685,10 @@ def _parse_long(
     field_pos = {s: v[order] for s, v in field_pos.items()}
     if all(type(t) is int for t in wide["timestamp_ms"].tolist()):
         wide["timestamp_ms"] = wide["timestamp_ms"].astype(np.int64)
-    for s in SIGNAL_ORDER:
+    for s in SIGNAL_ORDER:  # typed columns keep score_frame on its vectorized path
         col = wide[s].to_numpy(dtype=object)
-        if all(type(x) is float for x in col.tolist()):
-            wide[s] = col.astype(np.float64)
+        if all(x is None or type(x) is float for x in col.tolist()):
+            wide[s] = np.where(col == None, np.nan, col).astype(np.float64)  # noqa: E711 - elementwise
     present = [s for s in SIGNAL_ORDER if (metric == s).any()]
     columns = {**columns, **{s: "value" for s in SIGNAL_ORDER}}
     cell_cols = {**cell_cols, **{s: "value" for s in SIGNAL_ORDER}}
@@ -770,6 +772,8 @@ def _cell(pf: _File, field_name: str, i: int) -> tuple[int, Any]:
 
 def _problem_text(field_name: str, cell: Any, frame_cell: Any, message: str) -> str:
     """The strict mode's text for one bad cell: what is wrong and the cell as written."""
+    if isinstance(cell, np.generic):
+        cell = cell.item()
     shown = safe_repr(cell, limit=80)
     unread = isinstance(frame_cell, str)
     if field_name == "timestamp_ms":
@@ -809,8 +813,10 @@ def _problems(pf: _File, chk: FrameCheck, problems: list[Problem], counts: dict[
             if name == "unknown_fields":
                 continue
             pos, cell = _cell(pf, name, i)
-            msg = msg.removeprefix(name + ": ")  # the column is named already
-            add(Problem(pf.path, pos + pf.offset, pf.columns.get(name, name), _problem_text(name, cell, frame_cols[name][i], msg)))
+            column = pf.columns.get(name, name)
+            if column == name or name in ("timestamp_ms", "endpoint_id"):
+                msg = msg.removeprefix(name + ": ")  # the column is named already
+            add(Problem(pf.path, pos + pf.offset, column, _problem_text(name, cell, frame_cols[name][i], msg)))
 
 
 def _strict_frame(pf: _File, chk: FrameCheck) -> pd.DataFrame:

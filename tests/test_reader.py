@@ -224,12 +224,16 @@ def _csv_files(draw: Any) -> tuple[str, list[str], int]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([ts_name, "endpoint_id", *sigs])
+    clean = draw(st.booleans())  # half the files hold mostly good cells (their values are compared)
+    good_value = st.one_of(st.floats(0, 10_000).map(repr), st.sampled_from(["", "NA", "0", " 4.2 ", "10000"]))
+    good_success = st.sampled_from(["true", "false", "ok", "fail", " Fail ", "y", "n", "1", "0", "1.0", ""])
     for i in range(n):
-        kind = draw(_ts_cell)
+        kind = draw(st.sampled_from(["ok", "sec", "iso", "dup"]) if clean else _ts_cell)
         t = T0 + i * 1000
         ts = {"ok": str(t), "sec": str(t / 1000), "iso": pd.Timestamp(t, unit="ms", tz="UTC").isoformat(), "dup": str(T0)}.get(kind, kind)
-        row = [ts, draw(_ep_cell)] + [draw(_success_cell if s == "lbm_success" else _value_cell) for s in sigs]
-        w.writerow(row)
+        ep = draw(st.sampled_from(["a", "b", " a ", "007"]) if clean else _ep_cell)
+        cells = [draw((good_success if clean else _success_cell) if s == "lbm_success" else (good_value if clean else _value_cell)) for s in sigs]
+        w.writerow([ts, ep, *cells])
     return buf.getvalue(), sigs, n
 
 
@@ -269,7 +273,12 @@ def test_property_strict_and_lenient_give_the_same_values_and_verdicts(tmp_path:
             reader.read_samples(p, mode="strict")
         named = {pr.row - 2 for pr in e.value.problems if "two different samples" not in pr.message}
         assert named == invalid, (named, invalid, str(e.value))
-        assert clash or all("two different samples" not in pr.message for pr in e.value.problems)
+        # strict also names two samples at one time when one of them is invalid (their time
+        # and endpoint are readable): every problem in one pass
+        keyed = [(chk.ts_out[i], chk.ep_out[i]) for i in range(n)
+                 if not any(f in ("timestamp_ms", "endpoint_id") for f, _ in chk.bad_fields.get(i, ()))]
+        if not clash and len(set(keyed)) == len(keyed):
+            assert all("two different samples" not in pr.message for pr in e.value.problems)
         return
     df, _ = reader.read_samples(p, mode="strict")
     want = pd.DataFrame(rows, columns=["timestamp_ms", "endpoint_id", *sigs]).drop_duplicates()
@@ -311,3 +320,55 @@ def test_property_pandera_schemas_accept_exactly_the_delays_the_validator_accept
             failed = {int(i) for i in e.failure_cases["index"].dropna()}
         assert failed == set(np.flatnonzero(~valid).tolist()), (sig, values, failed)
     assert SIGNALS[sig].min_value == 0.0  # the documented rule: 0 .. max_value, both included
+
+
+@st.composite
+def _long_files(draw: Any) -> str:
+    n = draw(st.integers(min_value=0, max_value=8))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["timestamp", "endpoint_id", "metric_name", "value", "unit"])
+    clean = draw(st.booleans())  # half the files hold only readable cells (their values are compared)
+    for _ in range(n):
+        i = draw(st.integers(min_value=0, max_value=5))  # few distinct times: samples span rows
+        kind = draw(st.sampled_from(["s", "ms"] if clean else ["s", "ms", "s", "ms", "s", "ms", "junk"]))
+        ts = {"s": str(T0 // 1000 + i), "ms": str(T0 + i * 1000)}.get(kind) or draw(_junk)
+        metric = draw(st.sampled_from(["rtt", "udp_echo_rtt_ms", "lbm_success", "ecpri_ow_us", " rtt ", "rtt", "lbm_success", *([] if clean else ["jitter"])]))
+        good = st.sampled_from(["true", "false", "ok", "fail"]) if metric == "lbm_success" else st.floats(0, 9.0).map(repr)
+        value = draw(good if clean else st.one_of(good, good, good, _success_cell if metric == "lbm_success" else _value_cell))
+        unit = draw(st.sampled_from(["", "", "", "us", "ms", "s", *([] if clean else ["furlong"])]))
+        w.writerow([ts, draw(st.sampled_from(["a", "b"] if clean else ["a", "b", "a", "b", ""])), metric, value, unit])
+    return buf.getvalue()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(_long_files())
+def test_property_long_files_strict_refuses_exactly_when_lenient_finds_a_bad_sample(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "l.csv"
+    p.write_text(text, encoding="utf-8")
+    opts = {"signal_map": {"rtt": "udp_echo_rtt_ms"}, "missing_values": (-3,)}
+    frame, _ = _lenient(p, **opts)
+    chk = validate_frame(frame)
+    for i, sample in enumerate(iter_samples(frame)):
+        vals, _, _, err = validate_sample(sample)
+        assert (vals is not None) == bool(chk.valid[i]) and err == chk.error[i]
+    valid = np.flatnonzero(chk.valid)
+    by_key: dict[tuple[int, str], set[tuple]] = {}
+    for i in valid.tolist():
+        by_key.setdefault((int(chk.ts[i]), chk.eps[i]), set()).add(tuple(repr(float(v[i])) for v in chk.values))
+    clash = any(len(v) > 1 for v in by_key.values())  # a metric repeated with another value
+    event("strict refuses" if (~chk.valid).any() or clash else "strict accepts")
+    if (~chk.valid).any() or clash:
+        with pytest.raises(reader.RecordedDataError):
+            _strict(p, **opts)
+        return
+    df = _strict(p, **opts)
+    assert len(df) == len(by_key)
+    got = df.set_index(["timestamp_ms", "endpoint_id"])
+    for i in valid.tolist():
+        row = got.loc[(int(chk.ts[i]), chk.eps[i])]
+        for s, v in zip(SIGNAL_ORDER, chk.values):
+            if s in got.columns:
+                assert _same(float(row[s]), float(v[i])), (s, row[s], v[i])
+            else:
+                assert math.isnan(v[i])
