@@ -339,13 +339,13 @@ def _parse_cells(series: Any, success: bool) -> tuple[np.ndarray, np.ndarray, np
                 num[i], kind[i] = float(x), _NUMBER
         elif isinstance(x, (int, float, np.integer, np.floating)):
             try:
-                f = float(x)
+                fx = float(x)
             except OverflowError:
                 continue
-            if f != f:
+            if fx != fx:
                 kind[i] = _MISSING
             else:
-                num[i], kind[i] = f, _NUMBER
+                num[i], kind[i] = fx, _NUMBER
         elif _na_cell(x):
             kind[i] = _MISSING
     return num, kind, raw
@@ -486,7 +486,7 @@ def _endpoint_value(v: Any) -> Any:
         return v
     if isinstance(v, (int, np.integer)):
         return str(int(v))
-    if isinstance(v, (float, np.floating)) and v == v and abs(v) < 2**53 and v == int(v):
+    if isinstance(v, (float, np.floating)) and v == v and abs(float(v)) < 2**53 and v == int(v):
         return str(int(v))
     return v
 
@@ -902,12 +902,13 @@ def read_samples(
     if clash.any():
         ts_cols = {pf.path: pf.columns["timestamp_ms"] for pf in parsed}
         listed = 0
-        for r in df[clash].itertuples():  # listed with the cell problems, in one pass
-            key = (str(r.src_file), ts_cols.get(str(r.src_file), "timestamp"))
+        sub = df[clash]
+        for src_file, src_row, ep, t in zip(sub["src_file"].tolist(), sub["src_row"].tolist(), sub["endpoint_id"].tolist(), sub["timestamp_ms"].tolist()):
+            key = (str(src_file), ts_cols.get(str(src_file), "timestamp"))
             counts[key] = counts.get(key, 0) + 1
-            if listed < _LIST_LIMIT:
+            if listed < _LIST_LIMIT:  # listed with the cell problems, in one pass
                 listed += 1
-                problems.append(Problem(key[0], int(r.src_row), key[1], f"{r.endpoint_id} has two different samples at {int(r.timestamp_ms)} ms"))
+                problems.append(Problem(key[0], int(src_row), key[1], f"{ep} has two different samples at {int(t)} ms"))
     if problems:
         raise RecordedDataError(problems, counts=counts)
     df["timestamp_ms"] = df["timestamp_ms"].astype("int64")

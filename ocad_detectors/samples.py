@@ -449,7 +449,7 @@ def validate_frame(frame: pd.DataFrame) -> FrameCheck:
     else:
         for i, v in enumerate(tcol.tolist() if tcol.dtype == object else list(tcol)):
             t, err = check_timestamp(v)
-            if err:
+            if t is None:
                 suspect[i] = True
             else:
                 ts[i] = t
@@ -483,8 +483,8 @@ def validate_frame(frame: pd.DataFrame) -> FrameCheck:
 
     valid = np.ones(n, dtype=bool)
     error: list[str | None] = [None] * n
-    ts_out: list[int | None] = ts.tolist()
-    ep_out: list[str | None] = eps.tolist()
+    ts_out: list[int | None] = list(ts.tolist())
+    ep_out: list[str | None] = list(eps.tolist())
     bad_fields: dict[int, tuple[tuple[str, str], ...]] = {}
     u, c, lb = vals
     for i in np.flatnonzero(suspect).tolist():
@@ -512,7 +512,7 @@ def iter_samples(frame: pd.DataFrame) -> Iterator[Sample]:
     frame in batch. Absent signal columns become ``None``.
     """
     n = len(frame)
-    cols = []
+    cols: list[Any] = []
     for name in SAMPLE_FIELDS:
         if name in frame.columns:
             cols.append(frame[name].to_numpy(dtype=object) if frame[name].dtype == object else frame[name].to_numpy())
