@@ -20,8 +20,8 @@ import numpy as np
 T0 = 1_767_225_600_000
 
 
-def write_csv(path: Path, rows: int, iso: bool, seed: int = 7) -> None:
-    """Wide CSV: 200 endpoints, 1 s apart, about 1 % missing cells, true/false success."""
+def write_csv(path: Path, rows: int, iso: bool, words: bool = False, seed: int = 7) -> None:
+    """Wide CSV: 200 endpoints, 1 s apart, about 1 % missing cells, true/false (or ok/fail) success."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -35,7 +35,7 @@ def write_csv(path: Path, rows: int, iso: bool, seed: int = 7) -> None:
             "udp_echo_rtt_ms": np.round(rng.gamma(9.0, 0.5, rows), 4),
             "ecpri_ow_us": np.round(rng.gamma(9.0, 15.0, rows), 2),
             "lbm_rtt_ms": np.round(rng.gamma(9.0, 1.0, rows), 4),
-            "lbm_success": np.where(rng.random(rows) < 0.995, "true", "false"),
+            "lbm_success": np.where(rng.random(rows) < 0.995, "ok" if words else "true", "fail" if words else "false"),
         }
     )
     for c in ("udp_echo_rtt_ms", "ecpri_ow_us", "lbm_rtt_ms"):
@@ -57,12 +57,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--iso", action="store_true", help="ISO 8601 text timestamps instead of epoch ms")
+    ap.add_argument("--words", action="store_true", help="lbm_success as ok/fail (a text column)")
     ap.add_argument("--path", type=Path, default=None)
     ap.add_argument("--skip-strict", action="store_true")
     args = ap.parse_args()
-    path = args.path or Path(f"/tmp/ocad_bench_{args.rows}{'_iso' if args.iso else ''}.csv")
+    path = args.path or Path(f"/tmp/ocad_bench_{args.rows}{'_iso' if args.iso else ''}{'_words' if args.words else ''}.csv")
     if not path.exists():
-        write_csv(path, args.rows, args.iso)
+        write_csv(path, args.rows, args.iso, args.words)
     from ocad_detectors import recorded
     from ocad_detectors.modelset import ModelSet
     from ocad_detectors.pipeline import DetectionPipeline, _BatchRun

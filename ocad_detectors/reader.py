@@ -790,33 +790,37 @@ def _problem_text(field_name: str, cell: Any, frame_cell: Any, message: str) -> 
 
 
 def _problems(pf: _File, chk: FrameCheck, problems: list[Problem], counts: dict[tuple[str, str], int]) -> None:
-    """The strict mode's problems of one file from the validator's verdicts and the parse notes."""
+    """The strict mode's problems of one file from the validator's verdicts and the parse notes:
+    every bad cell counted, the first 50 of each column described."""
     listed: dict[str, int] = {}
 
-    def add(pr: Problem) -> None:
-        col = pr.column or ""
-        counts[(pr.file, col)] = counts.get((pr.file, col), 0) + 1
-        if listed.get(col, 0) < _LIST_LIMIT:
-            listed[col] = listed.get(col, 0) + 1
-            problems.append(pr)
+    def room(col: str) -> bool:
+        counts[(pf.path, col)] = counts.get((pf.path, col), 0) + 1
+        if listed.get(col, 0) >= _LIST_LIMIT:
+            return False
+        listed[col] = listed.get(col, 0) + 1
+        return True
 
-    frame_cols = {name: pf.frame[name].to_numpy(dtype=object) for name in SIGNAL_ORDER + ("timestamp_ms", "endpoint_id")}
-    for i in np.flatnonzero(~chk.valid).tolist():
+    bad = np.flatnonzero(~chk.valid)
+    if not len(bad):
+        return
+    frame_cols = {name: pf.frame[name].to_numpy(dtype=object)[bad] for name in SIGNAL_ORDER + ("timestamp_ms", "endpoint_id")}
+    for k, i in enumerate(bad.tolist()):
         for name, msg in chk.bad_fields.get(i, ()):
-            if name == "input_error":
-                if i in pf.notes:
-                    for pr in pf.notes[i]:
-                        add(pr)
-                else:
-                    add(Problem(pf.path, int(pf.pos[i]) + pf.offset, "input_error", f"input_error: {safe_repr(pf.frame['input_error'].iloc[i], str, 200)}"))
-                continue
             if name == "unknown_fields":
                 continue
-            pos, cell = _cell(pf, name, i)
+            if name == "input_error":
+                for pr in pf.notes.get(i) or [Problem(pf.path, int(pf.pos[i]) + pf.offset, "input_error", f"input_error: {safe_repr(pf.frame['input_error'].iloc[i], str, 200)}")]:
+                    if room(pr.column or ""):
+                        problems.append(pr)
+                continue
             column = pf.columns.get(name, name)
+            if not room(column):
+                continue
+            pos, cell = _cell(pf, name, i)
             if column == name or name in ("timestamp_ms", "endpoint_id"):
                 msg = msg.removeprefix(name + ": ")  # the column is named already
-            add(Problem(pf.path, pos + pf.offset, column, _problem_text(name, cell, frame_cols[name][i], msg)))
+            problems.append(Problem(pf.path, pos + pf.offset, column, _problem_text(name, cell, frame_cols[name][k], msg)))
 
 
 def _strict_frame(pf: _File, chk: FrameCheck) -> pd.DataFrame:
