@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ocad_pipeline.resources import DEFAULT_DATA_DIR
+from ocad_pipeline.defs.resources import DEFAULT_DATA_DIR
 
 
 def describe(data_dir: Path) -> str:
