@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.execution.api import execute_run
 from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
@@ -68,7 +69,8 @@ def launch(
     if partition is not None:
         if job_def.partitions_def is None:
             raise SystemExit(f"error: job {job_name!r} is not partitioned; drop --partition")
-        job_def.validate_partition_key(partition, selected_asset_keys=None)
+        with partition_loading_context(dynamic_partitions_store=instance) as ctx:
+            job_def.validate_partition_key(partition, selected_asset_keys=None, context=ctx)
         run_tags.update(job_def.get_tags_for_partition_key(partition, selected_asset_keys=None))
         if run_config is None and job_def.partitioned_config is not None:
             run_config = dict(job_def.partitioned_config.get_run_config_for_partition_key(partition))

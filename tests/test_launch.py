@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
@@ -30,7 +31,19 @@ def hello() -> int:
 def tiny_job():
     hello()
 
-defs = dg.Definitions(jobs=[tiny_job])
+@dg.daily_partitioned_config(start_date="2026-01-01")
+def _daily(start, _end):
+    return {"ops": {"day": {"config": {"start": start.isoformat()}}}}
+
+@dg.op(config_schema={"start": str})
+def day(context) -> str:
+    return context.op_config["start"]
+
+@dg.job(config=_daily, executor_def=dg.in_process_executor)
+def tiny_partitioned():
+    day()
+
+defs = dg.Definitions(jobs=[tiny_job, tiny_partitioned])
 '''
 # what the UI's job page asks for (dagster-webserver's Pipeline.runs)
 JOB_RUNS = """
@@ -76,6 +89,20 @@ def test_launched_runs_carry_the_code_location_and_show_on_the_job_page(tmp_path
         assert instance.get_run_by_id(plain.run_id).remote_job_origin is None
         listed = _job_page_run_ids(instance, tmp_path)
         assert result.run_id in listed and plain.run_id not in listed
+
+
+def test_a_partition_gets_its_tags_and_run_config(tmp_path):
+    (tmp_path / "ocad_tiny_defs.py").write_text(TINY)
+    with dg.instance_for_test() as instance:
+        res = launch("tiny_partitioned", instance, partition="2026-01-03", working_directory=str(tmp_path), module="ocad_tiny_defs")
+        assert res.success
+        run = instance.get_run_by_id(res.run_id)
+        assert run.run_config["ops"]["day"]["config"]["start"] == "2026-01-03T00:00:00+00:00"
+        assert run.tags["dagster/partition"] == "2026-01-03"
+        with pytest.raises(SystemExit, match="not partitioned"):
+            launch("tiny_job", instance, partition="2026-01-03", working_directory=str(tmp_path), module="ocad_tiny_defs")
+        with pytest.raises(SystemExit, match="no job 'nope'"):
+            launch("nope", instance, working_directory=str(tmp_path), module="ocad_tiny_defs")
 
 
 def _tiny_job_from_module():
