@@ -75,7 +75,7 @@ def mode_comparison(
         )
     except FileNotFoundError as exc:
         raise dg.Failure(
-            f"{exc}\n  dg launch --job ocad_pipeline_job   (or: python -m ocad_pipeline.launch --job ocad_pipeline_job)"
+            f"{exc}\n  run the main job first: make run  (= python -m ocad_pipeline.launch --job ocad_pipeline_job)"
         ) from exc
     report = result.report
     out = paths.root / REPORT_FILE
