@@ -168,7 +168,8 @@ class DataclassConfigMixin:
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)  # type: ignore[misc]
-        if not cls.__name__.endswith("Fields"):  # the generated base itself is checked by its subclasses
+        generated = cls.__module__ == __name__ and cls.__name__.endswith("Fields")
+        if not generated:  # the generated base itself is checked through its subclasses
             cls.check_parity()
 
 
