@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 
 FILES_KEY = "ocad/files"

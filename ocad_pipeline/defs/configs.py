@@ -185,7 +185,7 @@ def config_from_dataclass(dc: type, base: type = dg.Config) -> Any:
         if tp is None:
             continue
         fields[f.name] = (tp, pydantic.Field(default=_field_default(f), description=docs.get(f.name)))
-    model = pydantic.create_model(  # type: ignore[call-overload]
+    model = pydantic.create_model(  # type: ignore[call-overload,type-var]
         f"{dc.__name__}Fields",
         __base__=(DataclassConfigMixin, base),
         __module__=__name__,

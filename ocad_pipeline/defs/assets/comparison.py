@@ -7,9 +7,12 @@ latency plot as metadata. With ``MLFLOW_TRACKING_URI`` set, the figures go to ML
 """
 
 import json
+
 import dagster as dg
 import pandas as pd
 
+from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
 from ocad_pipeline.mode_comparison import (
     INFERENCE,
     ONLINE,
@@ -19,9 +22,7 @@ from ocad_pipeline.mode_comparison import (
     report_markdown,
     summary_metrics,
 )
-from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
 
 REPORT_FILE = "reports/mode_comparison.json"
 

@@ -4,11 +4,11 @@
 import dagster as dg
 import pandas as pd
 
-from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.defs.assets.validation import checked_output, schema_check_specs
+from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.plots import figure_markdown, series_with_incidents
-from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
 from ocad_pipeline.recorded import RecordedConfig, load_recorded
+from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
 from ocad_pipeline.simulator import SimulatorConfig, simulate
 
 

@@ -15,12 +15,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
-
 from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
 from ocad_pipeline.evaluation import pr_curve, roc_curve
 from ocad_pipeline.plots import TYPE_COLORS, figure_markdown
-from ocad_pipeline.reporting import GateTargets, SCORES, evaluate_versions, gate, production_versions
-from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
+from ocad_pipeline.reporting import SCORES, GateTargets, evaluate_versions, gate, production_versions
 
 REPORT_NAME = "performance_report.json"
 

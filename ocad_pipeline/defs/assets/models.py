@@ -23,19 +23,20 @@ import pandas as pd
 from ocad_detectors.artifacts import TCNMetadata
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
 from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.fingerprint import FINGERPRINT_KEY, matching_version, training_fingerprint
 from ocad_pipeline.io_managers import FILES_KEY, tables_sha256
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.defs.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.training import code_version, dataframes_sha256, json_safe, utc_now
 from ocad_pipeline.training.iforest import (
     MODEL_NAME as IFOREST_MODEL_NAME,
+)
+from ocad_pipeline.training.iforest import (
     IsolationForestParams,
     iforest_version_payload,
     train_isolation_forest,
 )
 from ocad_pipeline.training.metrics import forecast_table_markdown
-from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 from ocad_pipeline.training.tcn import (
     NoTrainingData,
     TCNParams,
@@ -45,6 +46,7 @@ from ocad_pipeline.training.tcn import (
     tcn_version_payload,
     train_tcn,
 )
+from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 
 
 class TCNTrainingConfig(config_from_dataclass(TCNParams)):  # type: ignore[misc]
