@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create .venv and install OCAD with its test extras
 
 run: setup ## materialize every asset (embedded SQLite storage in dagster_home/, data in data/)
-	$(BIN)/dagster job execute -m ocad_pipeline.definitions -j ocad_pipeline_job
+	$(BIN)/python -m ocad_pipeline.launch --job ocad_pipeline_job
 	$(BIN)/python -m ocad_pipeline.outputs
 
 test: setup ## run the test suite (installs Prometheus + Alertmanager for the ocad-serve tests if missing)
@@ -25,7 +25,7 @@ test: setup ## run the test suite (installs Prometheus + Alertmanager for the oc
 	$(BIN)/pytest -q
 
 ui: setup ## the Dagster UI and daemon on http://127.0.0.1:3000
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 clean-data: ## remove materialized data, models and run storage
 	rm -rf data/raw data/processed data/models data/tuning data/reports

@@ -40,7 +40,7 @@ def scale_factors(scale: int) -> tuple[int, int]:
 
 
 def simulator_config(scale: int) -> dict:
-    from ocad_pipeline.assets.data import SimulatorSettings
+    from ocad_pipeline.defs.assets.data import SimulatorSettings
 
     d = SimulatorSettings()
     e, days = scale_factors(scale)
@@ -67,7 +67,7 @@ def run_one(scale: int, data_dir: str) -> dict:
 
     import dagster as dg
 
-    from ocad_pipeline import jobs
+    from ocad_pipeline.defs import jobs
     from ocad_pipeline.definitions import ALL_ASSETS, NATIVE_THREADS, build_resources
 
     selection = dg.AssetSelection.all() - dg.AssetSelection.groups(*jobs.TUNING_GROUPS) - dg.AssetSelection.assets(*jobs.MIGRATION_STUDY_ASSETS)

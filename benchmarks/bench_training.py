@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's num_threads)")
     args = ap.parse_args(argv)
 
-    from ocad_pipeline.assets.models import IsolationForestConfig, TCNTrainingConfig
+    from ocad_pipeline.defs.assets.models import IsolationForestConfig, TCNTrainingConfig
     from ocad_pipeline.training.iforest import train_isolation_forest
     from ocad_pipeline.training.tcn import TCNParams, evaluate_forecasts, prepare_metric_windows, train_tcn
 

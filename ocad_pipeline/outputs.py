@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ocad_pipeline.resources import DEFAULT_DATA_DIR
+from ocad_pipeline.defs.resources import DATA_DIR_ENV, DEFAULT_DATA_DIR
 
 
 def describe(data_dir: Path) -> str:
@@ -48,7 +48,7 @@ def gate_summary(data_dir: Path) -> list[str]:
 
 
 def main() -> int:
-    print(describe(Path(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DATA_DIR)))
+    print(describe(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)))
     return 0
 
 

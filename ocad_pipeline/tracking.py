@@ -90,9 +90,12 @@ def log_run(
     metrics: Mapping[str, Any],
     artifacts: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None,
 ) -> str | None:
-    """Log one run to MLflow when ``MLFLOW_TRACKING_URI`` is set; returns the run id or None."""
-    if not tracking_enabled():
+    """Log one run to MLflow when ``tracking_uri`` is given or ``MLFLOW_TRACKING_URI`` is set;
+    returns the run id or None. (Dagster assets call this through the ``tracking`` resource,
+    ``ocad_pipeline.defs.resources.ExperimentTracker``.)"""
+    if not (tracking_uri or tracking_enabled()):
         return None
     try:
         import mlflow
@@ -106,6 +109,8 @@ def log_run(
     flat_params = {k: _param_value(v) for k, v in flatten(params).items() if v is not None}
     flat_metrics = {k: f for k, v in flatten(metrics).items() if (f := _metric_value(v)) is not None}
     try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()} or None) as run:
             if flat_params:
                 mlflow.log_params(flat_params)

@@ -75,7 +75,10 @@ def test_gate_rejects_a_degraded_candidate_and_keeps_production(first_run, tmp_p
         g["threshold"] = -10.0
     bad = reg.write_version("isolation_forest", v.files, meta).version
     assert bad == "1.1.0"
-    res = _run(root, ["performance_reports", "model_promotion"], {"ops": {"performance_reports": RUN["ops"]["performance_reports"]}},
+    # the candidates are performance_reports' inputs (what the model assets trained); a version
+    # registered by hand is evaluated by naming it in the run config
+    gate_cfg = {"config": {**RUN["ops"]["performance_reports"]["config"], "versions": {"isolation_forest": bad}}}
+    res = _run(root, ["performance_reports", "model_promotion"], {"ops": {"performance_reports": gate_cfg}},
                raise_on_error=False)
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
     assert not checks["quality_gate"].passed

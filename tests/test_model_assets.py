@@ -144,9 +144,9 @@ def test_same_config_gives_byte_identical_models(trained):
 
 
 def test_models_alone_explain_how_to_materialize_upstream(tmp_path):
-    with pytest.raises(Exception, match=r"(?s)timeseries_splits.*has not been materialized.*dagster asset materialize"):
+    with pytest.raises(Exception, match=r"(?s)timeseries_splits.*has not been materialized.*dg launch --assets"):
         _materialize(tmp_path, "tcn_models", {"ops": {"tcn_models": {"config": TINY_TCN}}})
-    with pytest.raises(Exception, match=r"(?s)has not been materialized.*dagster asset materialize"):
+    with pytest.raises(Exception, match=r"(?s)has not been materialized.*dg launch --assets"):
         _materialize(tmp_path, "isolation_forest_model", {"ops": {"isolation_forest_model": {"config": TINY_IF}}})
     assert not (tmp_path / "models").exists()
 

@@ -459,11 +459,11 @@ def test_cli_root_is_a_file_and_broken_list(built, tmp_path: Path, capsys: pytes
 
 
 def test_training_resource_signs_with_its_key(tmp_path: Path) -> None:
-    from ocad_pipeline.resources import ModelRegistryResource
+    from ocad_pipeline.defs.resources import ModelRegistryResource, OcadPaths
 
     key, pub = tmp_path / "t.key", tmp_path / "t.pub"
     generate_signing_key(key, pub)
-    reg = ModelRegistryResource(root=str(tmp_path / "m"), signing_key=str(key)).get_registry()
+    reg = ModelRegistryResource(paths=OcadPaths(data_dir=str(tmp_path)), root=str(tmp_path / "m"), signing_key=str(key)).get_registry()
     info = reg.write_version("demo", {"a.bin": b"1"}, {})  # a candidate (no auto-promotion)
     assert ModelRegistry(tmp_path / "m", public_key=pub, require_signed=True).load_version("demo", info.version).trust == "signed"
 

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from ocad_pipeline.assets import data as data_assets
+from ocad_pipeline.defs.assets import data as data_assets
 from ocad_pipeline.definitions import ALL_ASSETS, build_resources
 
 SMALL_RUN = {
@@ -78,7 +78,7 @@ def test_invalid_raw_table_stops_everything_downstream(tmp_path, monkeypatch):
 
 
 def test_downstream_alone_explains_how_to_materialize_upstream(tmp_path):
-    with pytest.raises(Exception, match=r"(?s)has not been materialized.*dagster asset materialize"):
+    with pytest.raises(Exception, match=r"(?s)has not been materialized.*dg launch --assets"):
         dg.materialize(
             ALL_ASSETS,
             selection=dg.AssetSelection.assets("timeseries_splits"),

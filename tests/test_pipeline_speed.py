@@ -13,7 +13,7 @@ import pytest
 from ocad_detectors.recorded import RecordedDataError
 from ocad_pipeline import datasets as ds
 from ocad_pipeline import io_managers
-from ocad_pipeline.assets.evaluation import gate_check_result
+from ocad_pipeline.defs.assets.evaluation import gate_check_result
 from ocad_pipeline.outputs import gate_summary
 from ocad_pipeline.recorded import RecordedConfig, load_recorded
 from ocad_pipeline.training import dataframes_sha256

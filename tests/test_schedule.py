@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import pytest
 
-from ocad_pipeline import jobs
+from ocad_pipeline.defs import jobs
 from ocad_pipeline.definitions import defs
 
 

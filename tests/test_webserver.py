@@ -1,4 +1,4 @@
-"""Start `dagster dev` like a user would, ask its GraphQL API for the assets, shut it down."""
+"""Start `dg dev` like a user would (`make ui`), ask its GraphQL API for the assets, shut it down."""
 
 import os
 import signal
@@ -38,16 +38,16 @@ def _gql(url: str, query: str) -> dict:
     return r.json()["data"]
 
 
-def test_dagster_dev_serves_the_assets(tmp_path):
+def test_dg_dev_serves_the_assets(tmp_path):
     port = _free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
     env = dict(os.environ, DAGSTER_HOME=str(home), OCAD_DATA_DIR=str(tmp_path / "data"))
-    dagster = Path(sys.executable).with_name("dagster")
+    dg_cli = Path(sys.executable).with_name("dg")
     log = open(tmp_path / "dagster_dev.log", "wb")
     proc = subprocess.Popen(
-        [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        [str(dg_cli), "dev", "--host", "127.0.0.1", "--port", str(port)],  # the project and location from dg.toml
         cwd=REPO,
         env=env,
         stdout=log,
@@ -64,6 +64,7 @@ def test_dagster_dev_serves_the_assets(tmp_path):
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
                     errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
                     assert not errors, errors
+                    assert [e["name"] for e in entries] == ["ocad"]
                     loaded = True
                     break
             except (requests.ConnectionError, requests.Timeout, KeyError, TypeError):

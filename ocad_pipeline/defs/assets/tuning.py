@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ocad_detectors.signals import METRIC_TYPES
+from ocad_pipeline.defs.resources import OcadPaths
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.resources import OcadPaths
 from ocad_pipeline.training import code_version, dataframes_sha256, utc_now
 from ocad_pipeline.training import tuning as tn
 from ocad_pipeline.training.iforest import IsolationForestParams

@@ -7,12 +7,12 @@ latency plot as metadata. With ``MLFLOW_TRACKING_URI`` set, the figures go to ML
 """
 
 import json
-from typing import Optional
 
 import dagster as dg
 import pandas as pd
 
-from ocad_pipeline import tracking
+from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
 from ocad_pipeline.mode_comparison import (
     INFERENCE,
     ONLINE,
@@ -23,13 +23,12 @@ from ocad_pipeline.mode_comparison import (
     summary_metrics,
 )
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.resources import ModelRegistryResource, OcadPaths
 
 REPORT_FILE = "reports/mode_comparison.json"
 
 
-class ModeComparisonConfig(dg.Config):
-    """What to replay and how the pre-separation detectors train.
+class ModeComparisonConfig(config_from_dataclass(ComparisonSettings)):  # type: ignore[misc]
+    """What to replay and how the pre-separation detectors train (the fields of ``ComparisonSettings``).
 
     Defaults (3 endpoints x 1500 test samples, plus as many val samples for the thresholds)
     take about 2.5 min on 2 CPU cores, almost all of it in the online-training mode
@@ -38,21 +37,8 @@ class ModeComparisonConfig(dg.Config):
     part, one per capability group first).
     """
 
-    n_endpoints: int = 3
-    samples_per_endpoint: int = 1500
-    endpoints: Optional[list[str]] = None
-    retrain_every: int = 50
-    tcn_epochs: int = 20
-    if_trees: int = 100
-    history: int = 1000
-    stall_ms: float = 10.0
-    torch_threads: int = 1
-    seed: int = 0
-    #: inference-only mode: "production", "latest" (newest registered) or "auto" (production, else latest)
-    model_versions: str = "auto"
-
     def to_settings(self) -> ComparisonSettings:
-        return ComparisonSettings(**self.model_dump())
+        return self.to_dataclass()
 
 
 def _num(x):
@@ -72,6 +58,7 @@ def mode_comparison(
     raw_metrics: dict[str, pd.DataFrame],
     model_registry: ModelRegistryResource,
     paths: OcadPaths,
+    tracking: ExperimentTracker,
 ) -> dg.MaterializeResult:
     """Migration check (seed 7.2 / 8.2): the same test stream replayed sample by sample through
     the pre-separation detectors (rules + CUSUM + a TCN and an Isolation Forest that keep
@@ -89,8 +76,7 @@ def mode_comparison(
         )
     except FileNotFoundError as exc:
         raise dg.Failure(
-            f"{exc}\n  DAGSTER_HOME=$PWD/dagster_home dagster asset materialize -m ocad_pipeline.definitions "
-            "--select '*tcn_models,*isolation_forest_model'"
+            f"{exc}\n  run the main job first: make run  (= python -m ocad_pipeline.launch --job ocad_pipeline_job)"
         ) from exc
     report = result.report
     out = paths.root / REPORT_FILE

@@ -1,58 +1,38 @@
 """Group ``data``: raw measurements, from the simulator (default) or from recorded files."""
 
 
-from typing import Optional
-
 import dagster as dg
 import pandas as pd
 
-from ocad_pipeline.assets.validation import checked_output, schema_check_specs
+from ocad_pipeline.defs.assets.validation import checked_output, schema_check_specs
+from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.plots import figure_markdown, series_with_incidents
-from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
 from ocad_pipeline.recorded import RecordedConfig, load_recorded
+from ocad_pipeline.schemas import ANOMALY_LABELS, ENDPOINTS, INCIDENTS, RAW_SAMPLES
 from ocad_pipeline.simulator import SimulatorConfig, simulate
 
 
-class SimulatorSettings(dg.Config):
-    """Fleet, duration and incident settings of the simulator. Same settings -> same data."""
-
-    n_oru: int = 4
-    n_odu: int = 4
-    n_transport: int = 4
-    duration_hours: float = 48.0
-    interval_s: float = 5.0
-    start: str = "2026-01-05T00:00:00+00:00"
-    incidents_per_endpoint_day: float = 9.0
-    incident_mix: dict[str, float] = {}  # empty: the profile's default mix
-    drift_outage_probability: float = 0.6
-    min_gap_minutes: float = 10.0
-    seed: int = 42
-    profile: str = "realistic"  # realistic | clean (the earlier, Gaussian simulator)
-    n_wan: int = 0  # realistic only: Internet-like endpoints, 70-400 ms
-    wan_interval_s: float = 240.0
+class SimulatorSettings(config_from_dataclass(SimulatorConfig)):  # type: ignore[misc]
+    """Fleet, duration and incident settings of the simulator (the fields of ``SimulatorConfig``).
+    Same settings -> same data."""
 
     def to_simulator_config(self) -> SimulatorConfig:
         try:
-            return SimulatorConfig(**self.model_dump())
+            return self.to_dataclass()
         except ValueError as e:
             raise dg.Failure(f"raw_metrics: bad simulator settings: {e}") from None
 
 
-class RecordedFilesSettings(dg.Config):
-    """An operator's exported measurements (see README, "Recorded data")."""
+class RecordedFilesSettings(config_from_dataclass(RecordedConfig)):  # type: ignore[misc]
+    """An operator's exported measurements (the fields of ``RecordedConfig``; README, "Recorded data")."""
 
+    overrides = {"path": "required by the reader; empty here so that source 'simulator' needs no path"}
     path: str = ""  # a CSV/Parquet file or a directory of them
-    format: str = "auto"  # auto | wide | long
-    timestamp_unit: str = "auto"  # auto | s | ms | iso
-    signal_map: dict[str, str] = {}  # e.g. {"rtt": "udp_echo_rtt_ms"}
-    units: dict[str, str] = {}  # unit of wide columns, e.g. {"ecpri_ow_us": "ms"} -> converted to µs
-    labels_path: Optional[str] = None  # labels file: per sample or start/end windows
-    endpoint_roles: dict[str, str] = {}  # endpoint_id -> o-ru | o-du | transport
-    missing_values: list[float] = []  # raw codes for "no reply", e.g. [-3, -4] (RIPE Atlas): read as missing
-    #: rolling window: > 0 keeps only the last N days of samples (ending at ``until``) of the files
-    #: found in ``path`` when the asset runs (new files dropped into a directory are picked up)
-    last_days: float = 0.0
-    until: Optional[str] = None  # ISO 8601 end of the window (exclusive); default: the newest sample
+
+    def to_recorded_config(self) -> RecordedConfig:
+        if not self.path:
+            raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
+        return self.to_dataclass()
 
 
 class RawMetricsConfig(dg.Config):
@@ -109,16 +89,7 @@ def raw_metrics(context: dg.AssetExecutionContext, config: RawMetricsConfig):
         source = {"source": "simulator", "labelled": True, "files": "", "rows_read": len(sim.samples), "duplicates_removed": 0}
         context.log.info(f"simulated {len(sim.samples)} samples, {len(sim.incidents)} incidents on {len(sim.endpoints)} endpoints")
     elif config.source == "files":
-        f = config.files
-        if not f.path:
-            raise dg.Failure("raw_metrics: source is 'files' but files.path is empty")
-        sim, report = load_recorded(
-            RecordedConfig(
-                path=f.path, format=f.format, timestamp_unit=f.timestamp_unit, signal_map=f.signal_map, units=f.units,
-                labels_path=f.labels_path, endpoint_roles=f.endpoint_roles, missing_values=tuple(f.missing_values),
-                last_days=f.last_days, until=f.until,
-            )
-        )
+        sim, report = load_recorded(config.files.to_recorded_config())
         source = {
             "source": "files",
             "labelled": bool(report["labelled"]),

@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 
 from ocad_pipeline import datasets as ds
-from ocad_pipeline.assets.validation import checked_output, schema_check_specs
-from ocad_pipeline.resources import DatasetSettings
+from ocad_pipeline.defs.assets.validation import checked_output, schema_check_specs
+from ocad_pipeline.defs.resources import DatasetSettings
 from ocad_pipeline.schemas import (
     RAW_SAMPLES,
     REFERENCE_STATS,

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from ocad_pipeline.simulator import SimulatorConfig
+
 #: groups the weekly retraining job materializes, in dependency order
 RETRAIN_GROUPS: tuple[str, ...] = ("data", "datasets", "models", "evaluation")
 #: groups added to the weekly job when OCAD_WEEKLY_TUNING=1
@@ -130,9 +132,7 @@ def weekly_run_config(start: datetime, end: datetime, env: dict[str, str] | None
             files["labels_path"] = env["OCAD_RECORDED_LABELS"].strip()
         raw = {"source": "files", "files": files}
     else:
-        from ocad_pipeline.assets.data import SimulatorSettings  # noqa: PLC0415 - avoid an import cycle at load
-
-        hours = SimulatorSettings().duration_hours
+        hours = SimulatorConfig().duration_hours  # raw_metrics' simulator config derives its defaults from it
         raw = {"source": "simulator", "simulator": {"start": (end - timedelta(hours=hours)).isoformat()}}
     return {"ops": {"raw_metrics": {"config": raw}}}
 
@@ -200,3 +200,23 @@ def build_weekly_schedule(job) -> dg.ScheduleDefinition:
         return dg.RunRequest(run_key=f"weekly-{stamp}", partition_key=last_complete_week(when), tags={"ocad/scheduled_for": stamp})
 
     return weekly_retraining_schedule
+
+
+# --- what the code location gets from this module ------------------------------------------
+
+#: OCAD_EXECUTOR (default auto: in process below 4 cores): for the named jobs and for the implicit
+#: asset job behind `dg launch --assets` / "Materialize" in the UI
+EXECUTOR = executor_from_env()
+#: one BLAS/torch thread per process below 4 cores (oversubscribed threads spin: see above)
+NATIVE_THREADS = limit_native_threads()
+ocad_pipeline_job, weekly_retraining_job, migration_study_job = build_jobs(EXECUTOR)
+weekly_retraining_schedule = build_weekly_schedule(weekly_retraining_job)
+
+
+@dg.definitions
+def jobs_and_schedules() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[ocad_pipeline_job, weekly_retraining_job, migration_study_job],
+        schedules=[weekly_retraining_schedule],
+        executor=EXECUTOR,
+    )

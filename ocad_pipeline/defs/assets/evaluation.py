@@ -1,13 +1,13 @@
 """Group ``evaluation``: performance reports, the quality gate and promotion.
 
 ``performance_reports`` replays the validation and test streams through the thin detector
-package with the newest (candidate) model versions and with the production versions, writes
+package with the candidate versions, its inputs from ``tcn_models`` and
+``isolation_forest_model`` (the versions they trained or reused), and with the production versions, writes
 ``performance_report.json`` (seed section 6.2) next to every candidate version, and evaluates
 the blocking ``quality_gate`` check. ``model_promotion`` runs only when that check passed.
 """
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -15,45 +15,51 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ocad_detectors.signals import SIGNALS, VALUE_SIGNALS
-from ocad_pipeline import tracking
-
+from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import ExperimentTracker, ModelRegistryResource, OcadPaths
 from ocad_pipeline.evaluation import pr_curve, roc_curve
 from ocad_pipeline.plots import TYPE_COLORS, figure_markdown
-from ocad_pipeline.reporting import GateTargets, SCORES, evaluate_versions, gate, latest_versions, production_versions
-from ocad_pipeline.resources import ModelRegistryResource, OcadPaths
+from ocad_pipeline.reporting import SCORES, GateTargets, evaluate_versions, gate, production_versions
 
 REPORT_NAME = "performance_report.json"
 
 
-_T = GateTargets()  # the defaults live in one place: reporting.GateTargets
+class QualityGateConfig(config_from_dataclass(GateTargets)):  # type: ignore[misc]
+    """Targets of the quality gate (the fields of ``reporting.GateTargets``, the seed's 6.1.2 /
+    6.1.3) and evaluation settings."""
 
+    pipeline_only = {
+        "bootstrap": "with no production version yet, let a candidate that misses targets through",
+        "probe_samples": "samples of the latency/memory probe in a fresh process",
+        "timeline_endpoint": "the endpoint of the timeline plot (default: the one with most incidents)",
+        "versions": "evaluate other versions than the model assets produced",
+    }
 
-class QualityGateConfig(dg.Config):
-    """Targets of the quality gate (defaults: the seed's 6.1.2 / 6.1.3) and evaluation settings."""
-
-    precision: float = _T.precision
-    recall: float = _T.recall
-    f1: float = _T.f1
-    false_alarm_rate: float = _T.false_alarm_rate
-    roc_auc: float = _T.roc_auc
-    mttd_seconds: float = _T.mttd_seconds
-    false_alerts_per_endpoint_day: float = _T.false_alerts_per_endpoint_day
-    incident_recall: float = _T.incident_recall
-    lead_time_minutes: float = _T.lead_time_minutes
-    latency_p95_ms: float = _T.latency_p95_ms
-    model_size_mb: float = _T.model_size_mb
-    memory_mb: float = _T.memory_mb
-    f1_tolerance: float = _T.f1_tolerance
-    far_tolerance: float = _T.far_tolerance
-    mttd_tolerance_s: float = _T.mttd_tolerance_s
-    lead_time_tolerance_min: float = _T.lead_time_tolerance_min
     #: with no production version yet, let a candidate that misses targets through (reasons kept)
     bootstrap: bool = True
     probe_samples: int = 3000
     timeline_endpoint: Optional[str] = None
+    #: model -> version to evaluate instead of what tcn_models / isolation_forest_model produced
+    #: (e.g. a version registered by hand); models not named keep their input's version
+    versions: dict[str, str] = {}
 
     def targets(self) -> GateTargets:
-        return GateTargets(**{k: v for k, v in self.model_dump().items() if k in GateTargets.__dataclass_fields__})
+        return self.to_dataclass()
+
+
+def candidate_versions(tables: list[pd.DataFrame], overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """model -> version from the ``versions`` tables of the model assets, then ``overrides``."""
+    out: dict[str, str] = {}
+    for t in tables:
+        out.update({str(r.model): str(r.version) for r in t.itertuples()})
+    return {**out, **(overrides or {})}
+
+
+def _registered(reg, name: str) -> set[str]:
+    try:
+        return {i.version for i in reg.list_versions(name)}
+    except Exception:  # noqa: BLE001 - a model never registered has no versions
+        return set()
 
 
 def _fmt(v) -> str:
@@ -174,7 +180,6 @@ def _timeline(test: pd.DataFrame, raw_test: pd.DataFrame, incidents: pd.DataFram
     group_name="evaluation",
     io_manager_key="tables",
     metadata={"ocad/files": {"summary": "reports/candidates.parquet"}},
-    deps=["tcn_models", "isolation_forest_model"],
     check_specs=[
         dg.AssetCheckSpec(
             "quality_gate",
@@ -188,21 +193,27 @@ def _timeline(test: pd.DataFrame, raw_test: pd.DataFrame, incidents: pd.DataFram
 def performance_reports(
     context: dg.AssetExecutionContext,
     config: QualityGateConfig,
+    tcn_models: dict[str, pd.DataFrame],
+    isolation_forest_model: dict[str, pd.DataFrame],
     sample_splits: dict[str, pd.DataFrame],
     raw_metrics: dict[str, pd.DataFrame],
     model_registry: ModelRegistryResource,
     paths: OcadPaths,
+    tracking: ExperimentTracker,
 ):
     """Forecast accuracy, detection (per detector and fused; point-wise and event-wise; thresholds
-    from validation only), MTTD, lead time, latency, model size and memory of the newest model
-    versions, measured through the thin detector package on the test split and compared with
+    from validation only), MTTD, lead time, latency, model size and memory of the model versions
+    that tcn_models and isolation_forest_model trained or reused (its inputs), measured through the thin detector package on the test split and compared with
     production. Writes performance_report.json into each candidate version's registry folder
     (reports/) and data/reports/; the quality_gate check decides promotion."""
     reg = model_registry.get_registry()
-    root = Path(model_registry.root)
-    cand = latest_versions(reg)
+    root = model_registry.registry_root
+    cand = candidate_versions([tcn_models["versions"], isolation_forest_model["versions"]], config.versions)
     if not cand:
-        raise dg.Failure("no model versions in the registry: materialize tcn_models and isolation_forest_model first")
+        raise dg.Failure("tcn_models and isolation_forest_model produced no model version (and config.versions names none)")
+    unknown = {n: v for n, v in cand.items() if v not in _registered(reg, n)}
+    if unknown:
+        raise dg.Failure(f"performance_reports: versions not in the registry at {root}: {unknown}")
     prod = production_versions(reg)
     labelled = bool(raw_metrics["source"]["labelled"].iloc[0]) if "source" in raw_metrics else True
     val, test = sample_splits["val"], sample_splits["test"]
@@ -221,12 +232,12 @@ def performance_reports(
     written = []
     for name, v in cand.items():
         written.append(str(reg.write_report(name, v, REPORT_NAME, blob)))
-    out_dir = paths.root / "reports"
+    out_dir = paths.reports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_NAME).write_bytes(blob)
     if not per_incident.empty:
         per_incident.to_csv(out_dir / "incidents_detected.csv", index=False)
-    _track(report, cand, blob)
+    tracking.log_run("performance_reports", params={"versions": cand}, metrics=report, artifacts={REPORT_NAME: blob.decode()})
 
     summary = pd.DataFrame(
         [{"model": n, "candidate": v, "production": prod.get(n), "gate_passed": decision["passed"]} for n, v in sorted(cand.items())]
@@ -315,8 +326,3 @@ def model_promotion(context: dg.AssetExecutionContext, performance_reports: dict
         context.log.info(f"promoted {r.model} {r.candidate} (was {before})")
     table = pd.DataFrame(rows)
     return dg.MaterializeResult(metadata={"promotions": dg.MetadataValue.md(table.to_markdown(index=False))})
-
-
-def _track(report: dict, versions: dict, blob: bytes) -> None:
-    """Log to MLflow when MLFLOW_TRACKING_URI is set; otherwise nothing happens (and nothing is imported)."""
-    tracking.log_run("performance_reports", params={"versions": versions}, metrics=report, artifacts={REPORT_NAME: blob.decode()})

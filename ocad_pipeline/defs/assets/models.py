@@ -22,19 +22,21 @@ import pandas as pd
 
 from ocad_detectors.artifacts import TCNMetadata
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
+from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.defs.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.fingerprint import FINGERPRINT_KEY, matching_version, training_fingerprint
-from ocad_pipeline.io_managers import tables_sha256
+from ocad_pipeline.io_managers import FILES_KEY, tables_sha256
 from ocad_pipeline.plots import figure_markdown
-from ocad_pipeline.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.training import code_version, dataframes_sha256, json_safe, utc_now
 from ocad_pipeline.training.iforest import (
     MODEL_NAME as IFOREST_MODEL_NAME,
+)
+from ocad_pipeline.training.iforest import (
     IsolationForestParams,
     iforest_version_payload,
     train_isolation_forest,
 )
 from ocad_pipeline.training.metrics import forecast_table_markdown
-from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 from ocad_pipeline.training.tcn import (
     NoTrainingData,
     TCNParams,
@@ -44,9 +46,10 @@ from ocad_pipeline.training.tcn import (
     tcn_version_payload,
     train_tcn,
 )
+from ocad_pipeline.training.tuning import TuningResultMissing, load_tuning_result, tuned_params_for
 
 
-class TCNTrainingConfig(dg.Config):
+class TCNTrainingConfig(config_from_dataclass(TCNParams)):  # type: ignore[misc]
     """Hyperparameters of the three TCN forecasters (one per metric type, same settings).
 
     ``sequence_length`` must equal the length of the ``sequence`` arrays in timeseries_splits
@@ -65,40 +68,39 @@ class TCNTrainingConfig(dg.Config):
     the other settings stay as configured here. Fails when that file does not exist.
     """
 
+    pipeline_only = {
+        "use_tuned_params": "take the architecture and optimizer settings from the Optuna study",
+        "reuse_same_inputs": "reuse the newest version when data, config and code are the same",
+    }
+    overrides = {
+        "patience": "the pipeline's early stopping: 6 running-permutation epochs",
+        "lr_decay_patience": "halve the learning rate every 2 epochs without improvement",
+        "max_train_windows": "0 = all (Dagster config has no None default here)",
+        "windows_per_epoch": "32768 per epoch (0 = every window every epoch)",
+        "max_val_windows": "32768 scored by early stopping (0 = all)",
+    }
+
     use_tuned_params: bool = False
     #: same data hash + config + code as the newest version: reuse it instead of registering a copy
     reuse_same_inputs: bool = True
 
-    sequence_length: int = 10
-    hidden_channels: int = 32
-    dilations: list[int] = [1, 2, 4]
-    kernel_size: int = 3
-    dropout: float = 0.0
-    learning_rate: float = 1e-3
-    batch_size: int = 256
-    max_epochs: int = 30
     patience: int = 6
-    lr_decay_factor: float = 0.5
     lr_decay_patience: int = 2
-    seed: int = 0
     max_train_windows: int = 0
     windows_per_epoch: int = 32768
     max_val_windows: int = 32768
-    num_threads: int = 1
-    #: share of healthy samples allowed above the budget-calibrated residual threshold
-    target_rate: float = 0.002
 
-    def to_params(self) -> TCNParams:
-        d = self.model_dump()
-        d.pop("use_tuned_params")
-        d.pop("reuse_same_inputs")
-        d["dilations"] = tuple(d["dilations"])
+    def dataclass_values(self) -> dict:
+        d = super().dataclass_values()
         for k in ("max_train_windows", "windows_per_epoch", "max_val_windows"):
             d[k] = d[k] or None
-        return TCNParams(**d)
+        return d
+
+    def to_params(self) -> TCNParams:
+        return self.to_dataclass()
 
 
-class IsolationForestConfig(dg.Config):
+class IsolationForestConfig(config_from_dataclass(IsolationForestParams)):  # type: ignore[misc]
     """Hyperparameters of the Isolation Forest (one forest per capability group).
 
     ``max_samples``: "auto" (= min(256, rows)) or a row count as a string, e.g. "512".
@@ -114,32 +116,30 @@ class IsolationForestConfig(dg.Config):
     written by ``isolation_forest_hyperparameters``); cv_folds and seed stay as configured.
     """
 
+    pipeline_only = {
+        "use_tuned_params": "take forest size, subsample, feature share and threshold rule from the Optuna study",
+        "reuse_same_inputs": "reuse the newest version when data, config and code are the same",
+    }
+    overrides = {"max_samples": "Dagster config has no str | int: 'auto' or a row count as a string"}
+
     use_tuned_params: bool = False
     #: same data hash + config + code as the newest version: reuse it instead of registering a copy
     reuse_same_inputs: bool = True
 
-    n_estimators: int = 200
     max_samples: str = "auto"
-    max_features: float = 1.0
-    threshold_strategy: str = "budget"
-    threshold_quantile: float = 0.99
-    target_rate: float = 0.002
-    #: raise thresholds to the level healthy validation rows sustained this long (s); 0 = off
-    sustain_s: float = 60.0
-    cv_folds: int = 5
-    seed: int = 0
 
-    def to_params(self) -> IsolationForestParams:
-        d = self.model_dump()
-        d.pop("use_tuned_params")
-        d.pop("reuse_same_inputs")
+    def dataclass_values(self) -> dict:
+        d = super().dataclass_values()
         ms = d["max_samples"].strip()
         if ms != "auto":
             try:
                 d["max_samples"] = int(ms)
             except ValueError:
                 raise ValueError(f"max_samples must be 'auto' or an integer, got {ms!r}") from None
-        return IsolationForestParams(**d)
+        return d
+
+    def to_params(self) -> IsolationForestParams:
+        return self.to_dataclass()
 
 
 def _provenance(context: dg.OpExecutionContext, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
@@ -212,6 +212,19 @@ def _versions_table(rows: list[dict]) -> str:
 # ``ops: tcn_models: config``); a config mapping hands it to every op.
 
 TCN_TRAIN_OP_PREFIX = "train_tcn_"
+#: what each model asset hands to performance_reports: the versions it trained or reused
+TCN_CANDIDATES = {"versions": "reports/model_versions/tcn_models.parquet"}
+IFOREST_CANDIDATES = {"versions": "reports/model_versions/isolation_forest_model.parquet"}
+VERSION_COLUMNS = ["model", "version", "reused"]
+
+
+def candidates_table(rows: list[dict]) -> pd.DataFrame:
+    """The ``versions`` table of a model asset: one row per model version it trained or reused."""
+    return pd.DataFrame(
+        {"model": [str(r["model"]) for r in rows], "version": [str(r["version"]) for r in rows],
+         "reused": [bool(r.get("reused", False)) for r in rows]},
+        columns=VERSION_COLUMNS,
+    )
 TCN_REPORT_OP = "tcn_models_report"
 TCN_MODELS_DESCRIPTION = """Causal dilated 1-D CNN (TCN) forecasters, one per metric type (udp_echo, ecpri, lbm):
 the next value from the previous N values only. Trained on normal windows (scaler from the
@@ -432,7 +445,7 @@ TRAIN_TCN_OPS: dict[str, dg.OpDefinition] = {m: _build_train_tcn_op(m) for m in 
 @dg.op(
     name=TCN_REPORT_OP,
     description="Combine the per-metric training summaries into the tcn_models materialization metadata.",
-    out=dg.Out(dg.Nothing),
+    out=dg.Out(io_manager_key="tables", metadata={FILES_KEY: TCN_CANDIDATES}),
 )
 def tcn_models_report(
     context: dg.OpExecutionContext, config: TCNTrainingConfig, summaries: list[dict], model_registry: ModelRegistryResource
@@ -447,7 +460,7 @@ def tcn_models_report(
         # nothing to register; the isolation forest may still cover the data
         context.log.warning(f"no TCN model trained: {skipped}")
         return dg.Output(
-            None,
+            {"versions": candidates_table([])},
             metadata={"skipped_models": dg.MetadataValue.json(skipped), "trained_models": 0,
                       "data_version": next(iter(data_versions)), "hyperparameters_source": "optuna" if config.use_tuned_params else "defaults"},
         )
@@ -526,7 +539,7 @@ def tcn_models_report(
         ),
         **metadata,
     }
-    return dg.Output(None, metadata=metadata)
+    return dg.Output({"versions": candidates_table(summaries)}, metadata=metadata)
 
 
 @dg.config_mapping
@@ -538,6 +551,7 @@ def _tcn_config_to_ops(config: TCNTrainingConfig) -> dict:
 
 @dg.graph_asset(
     group_name="models",
+    metadata={FILES_KEY: TCN_CANDIDATES},
     kinds={"pytorch", "safetensors"},
     config=_tcn_config_to_ops,
     description=TCN_MODELS_DESCRIPTION,
@@ -624,7 +638,7 @@ def _cv_table(result) -> str:
     return "\n".join(out)
 
 
-@dg.asset(group_name="models", kinds={"scikitlearn", "safetensors"})
+@dg.asset(group_name="models", kinds={"scikitlearn", "safetensors"}, io_manager_key="tables", metadata={FILES_KEY: IFOREST_CANDIDATES})
 def isolation_forest_model(
     context: dg.AssetExecutionContext,
     config: IsolationForestConfig,
@@ -633,7 +647,7 @@ def isolation_forest_model(
     dataset_settings: DatasetSettings,
     model_registry: ModelRegistryResource,
     paths: OcadPaths,
-) -> dg.MaterializeResult:
+) -> dg.Output:
     """Isolation Forest per capability group (e.g. ecpri+lbm+udp_echo, lbm): scaler + scikit-learn
     IsolationForest fitted on normal training feature vectors of the shared feature engine,
     5-fold cross-validation (score stability across folds), decision threshold calibrated to a
@@ -667,7 +681,7 @@ def isolation_forest_model(
             f"{IFOREST_MODEL_NAME}: same data ({prov['data_version'][:12]}...), config and code as version {version} "
             f"(training fingerprint {fingerprint[:12]}...): no training, no new version"
         )
-        return dg.MaterializeResult(metadata={
+        return dg.Output({"versions": candidates_table([{"model": IFOREST_MODEL_NAME, "version": version, "reused": True}])}, metadata={
             "reused_existing_version": True,
             "training_fingerprint": fingerprint,
             "version": version,
@@ -718,4 +732,4 @@ def isolation_forest_model(
         metadata[f"{g}/threshold"] = float(m.threshold)
         metadata[f"{g}/val_f1"] = float(m.validation.get("f1", math.nan))
         metadata[f"{g}/val_roc_auc"] = float(m.validation.get("roc_auc", math.nan))
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.Output({"versions": candidates_table([{"model": info.model_name, "version": info.version}])}, metadata=metadata)
