@@ -21,11 +21,9 @@ import math
 
 import numpy as np
 
+from ocad_detectors.events import EventResult, _safe_div, episode_flags, eventwise, f1_from
 from ocad_pipeline.training.metrics import best_f1_threshold as _exact_best_f1
 from ocad_pipeline.training.metrics import roc_auc as _roc_auc
-
-
-from ocad_detectors.events import EventResult, _safe_div, episode_flags, eventwise, f1_from
 
 __all__ = ["EventResult", "best_f1_threshold", "episode_flags", "eventwise", "f1_from", "pointwise", "pr_curve", "roc_auc", "roc_curve"]
 

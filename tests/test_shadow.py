@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from model_fixtures import SAMPLE_COLUMNS, cached_model_registry, copy_registry
+
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.registry import ModelRegistry
 from ocad_detectors.shadow import ShadowScoring
