@@ -2,7 +2,7 @@
 no torch, dagster or scikit-learn, and still runs ``ocad-detect``, ``ocad-models`` and
 ``ocad-serve`` on a real model registry with the same results as the full install.
 
-The venv is built from a wheel of this source tree with this environment's pip (``--python``),
+The venv gets ``pip install .`` of this source tree from this environment's pip (``--python``),
 so the packages come from pip's usual indexes and cache (about 20 s when cached).
 """
 
@@ -38,7 +38,8 @@ def _run(cmd: list[str], timeout: float = 300, **kw: object) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding only ``pip install ocad`` (built from a copy of the tree: no build/ here)."""
+    """A venv holding only ``pip install .`` of a copy of this tree (the build leaves no
+    build/ or egg-info here), with pip's build isolation, as a user's install would run."""
     tmp = tmp_path_factory.mktemp("light")
     src = tmp / "src"
     src.mkdir()
@@ -46,12 +47,10 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(ROOT / name, src / name)
     for pkg in ("ocad_detectors", "ocad_pipeline"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "wheels"), str(src)])
-    (wheel,) = (tmp / "wheels").glob("ocad-*.whl")
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     # this environment's pip installs into the new one: same indexes, same cache, no ensurepip
-    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", str(wheel)], timeout=600)
+    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", str(src)], timeout=600)
     return venv
 
 
