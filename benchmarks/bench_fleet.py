@@ -19,6 +19,8 @@ detection defaults were tuned on, run it only to see the gap):
 * ``tuning``: the same composition as ``fronthaul`` with the project's default seed 42.
 * ``fronthaul``: 2 O-RU, 2 O-DU, 2 transport nodes, 4 days at 5 s, seed 777, realistic profile;
   train on days 1-2, score days 3-4.
+* ``fronthaul-b``: the same with seed 780, a second held-out draw (added when ``fronthaul`` had
+  been scored once with a candidate; nothing was tuned on either).
 * ``clean``: the ``fronthaul`` composition on the earlier, clean simulator profile (seed 779):
   no regression there.
 * ``wan``: 6 Internet-like endpoints (UDP echo only, 70-400 ms, 240 s probes), 28 days, seed 778;
@@ -60,6 +62,9 @@ SCENARIOS = {
     # the project's own default data (seed 42): the one scenario detection defaults were tuned on
     "tuning": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=42), train_days=2, models=True),
     "fronthaul": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=777), train_days=2, models=True),
+    # a second held-out draw of the same composition, first scored after the last tuning step
+    "fronthaul-b": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=780), train_days=2,
+                        models=True),
     # the previous simulator ("clean" profile), to check that nothing regressed there
     "clean": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=779, profile="clean"), train_days=2,
                   models=True),

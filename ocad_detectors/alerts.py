@@ -271,7 +271,9 @@ def make_alert(
     message says in plain words whether this is a one-sample spike or sustained evidence."""
     head = f"{severity.upper()} {endpoint_id} at {iso_ms(ts)}" + (" (escalated)" if escalation else "")
     if since is not None:
-        if since >= ts:
+        if since >= ts and ev & EV_CHANGEPOINT and not ev & (EV_THRESHOLD | EV_LOSS):
+            head += ": sustained (a CUSUM summed the deviation over the last samples)"
+        elif since >= ts:
             head += ": spike (a single sample at a critical level)"
         else:
             head += f": sustained for {(ts - since) / 1000.0:g} s since {iso_ms(since)}"
@@ -289,7 +291,7 @@ class SampleDetails:
     loss_runs: Mapping[str, int]
     #: per delay signal: (shift evidence, current level, last upward change (ms, before, after),
     #: short-horizon CUSUM past its threshold or 0)
-    changepoint: Sequence[tuple[bool, float, tuple[int, float, float] | None, float]]
+    changepoint: Sequence[tuple[bool, float, tuple[int, float, float] | None, float, float]]
     residual: Sequence[tuple[float, float, float] | None]  # (forecast, r in σ, threshold in σ)
     multivariate: tuple[float, float, str, float] | None = None
     #: (warning, critical) rule levels per delay signal (None: no rule)
@@ -327,7 +329,7 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                                        f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
     if ev & EV_CHANGEPOINT:
         for i, sig in enumerate(VALUE_SIGNALS):
-            evidence, level, up, fast = d.changepoint[i]
+            evidence, level, up, fast, jit = d.changepoint[i]
             unit = SIGNALS[sig].unit
             v = d.values[i]
             now = f"; now {_fmt(v)} {unit}" if v == v else "; no value this sample"
@@ -341,6 +343,11 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                 out.append(Explanation("changepoint", sig, unit, level, v if v == v else None, None,
                                        f"{sig}: sustained rise above its level of {_fmt(level)} {unit} "
                                        f"(short-horizon CUSUM {fast:.0f} > {h:g} robust σ-samples){now}"))
+            if jit > 0.0:
+                hj = config.changepoint.levels.jitter_h
+                out.append(Explanation("changepoint", sig, unit, level, v if v == v else None, None,
+                                       f"{sig}: jitter grew around its level of {_fmt(level)} {unit} "
+                                       f"(deviations above and below it each summed past {hj:g} robust σ-samples){now}"))
     if ev & EV_RESIDUAL:
         for i, sig in enumerate(VALUE_SIGNALS):
             res = d.residual[i]

@@ -53,6 +53,7 @@ class ChangePointDetector:
         self.config = config or ChangePointConfig()
         self.levels = LevelShiftDetector(self.config.levels)
         self._fast_h = self.config.levels.fast_h
+        self._jit_h = self.config.levels.jitter_h
         self._states: dict[str, _CPState] = {}
         self.reference = reference or ReferenceStats()
 
@@ -119,13 +120,22 @@ class ChangePointDetector:
                     score = fs
             elif was and not e:  # the new level held long enough: it is the baseline now
                 rebase += ((i, lst.mu, True),)
+            jit = lst.jit if lst.jit < lst.jitd else lst.jitd
+            if self._jit_h > 0.0 and jit > self._jit_h:
+                ev = EV_CHANGEPOINT
+                js = 1.0 - 0.5 * self._jit_h / jit
+                if js > score:
+                    score = js
         return score, ev, changes, rebase
 
-    def details(self, st: _CPState) -> list[tuple[bool, float, tuple[int, float, float] | None, float]]:
+    def details(self, st: _CPState) -> list[tuple[bool, float, tuple[int, float, float] | None, float, float]]:
         """Per delay signal: (confirmed-shift evidence, current level, last upward change, the
-        short-horizon CUSUM when it is past its threshold else 0) for explanations."""
+        short-horizon CUSUM when it is past its threshold else 0, the same for the jitter
+        CUSUM) for explanations."""
         h = self._fast_h
-        return [(st.lv[i].evidence, st.lv[i].mu, st.last_up[i], st.lv[i].fast if h > 0.0 and st.lv[i].fast > h else 0.0)
+        hj = self._jit_h
+        return [(st.lv[i].evidence, st.lv[i].mu, st.last_up[i], st.lv[i].fast if h > 0.0 and st.lv[i].fast > h else 0.0,
+                 min(st.lv[i].jit, st.lv[i].jitd) if hj > 0.0 and min(st.lv[i].jit, st.lv[i].jitd) > hj else 0.0)
                 for i in range(3)]
 
     def score_one(self, sample: Any) -> DetectorOutput:

@@ -395,7 +395,8 @@ class AlertConfig:
     to ``gap_s`` (at least 2.5 probe intervals, inferred per endpoint). The run is *confirmed*
     (an alert may open) once it spans ``persist_s``, holds ``persist_min_samples`` worthy
     samples and at least ``persist_fraction`` of its samples are worthy: one late reply never
-    pages anyone. Worthy evidence of an ``immediate_evidence`` type (a loss run, already timed)
+    pages anyone. Worthy evidence of an ``immediate_evidence`` type (a loss run, already timed;
+    a CUSUM past its threshold, which has accumulated evidence over samples by construction)
     and a sample at a *critical* level (rule score 1: past the critical threshold or a
     critical loss run) alerts at once. An open episode absorbs later evidence (escalating when
     the severity rises) and is *resolved* after ``dedup_s`` (at least 2 intervals) without a
@@ -408,9 +409,10 @@ class AlertConfig:
     standalone_evidence: tuple[str, ...] = ("threshold", "loss")
     #: composite at or above which the alert is major / critical (below: warning)
     severity: Mapping[str, float] = field(default_factory=_default_severity)
-    #: evidence types that carry their own duration (a loss run is timed from the last reply)
-    #: and so alert without further persistence
-    immediate_evidence: tuple[str, ...] = ("loss",)
+    #: evidence types that carry their own duration (a loss run is timed from the last reply;
+    #: the change-point CUSUMs sum evidence over many samples before they cross) and so alert
+    #: without further persistence
+    immediate_evidence: tuple[str, ...] = ("loss", "changepoint")
     #: statistical evidence must persist this long (sample time) before it counts
     persist_s: float = 60.0
     #: ... in at least this share of the run's samples ...

@@ -112,9 +112,17 @@ class LevelShiftConfig:
     #: z = (x - level) / robust sigma, clipped at fast_clip, with slack fast_k; evidence while it
     #: is above fast_h (fast_h = 0: off; capped at 1.5 fast_h so it ends soon after recovery).
     #: In σ·samples, like any CUSUM; change records are not affected.
-    fast_k: float = 2.0
-    fast_h: float = 80.0
+    fast_k: float = 3.0
+    fast_h: float = 25.0
     fast_clip: float = 4.0
+    #: variance (jitter) evidence without a level change: two CUSUMs of the deviation from the
+    #: level, one of the part above it and one of the part below (each clipped at jitter_clip,
+    #: slack jitter_k); evidence while *both* are above jitter_h (0: off; capped at 1.5
+    #: jitter_h). Wider scatter on both sides is jitter; one-sided deviations are a queue (up)
+    #: or a level moving (up, or down as at a recovery), which the other detectors handle.
+    jitter_k: float = 1.0
+    jitter_h: float = 12.0
+    jitter_clip: float = 6.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -122,6 +130,10 @@ class LevelShiftConfig:
         _chk("k", self.k, lo=0.0)
         _chk("h", self.h, positive=True)
         _chk("clip", self.clip, positive=True)
+        for name in ("fast_k", "fast_h", "jitter_k", "jitter_h"):
+            _chk(name, getattr(self, name), lo=0.0)
+        _chk("fast_clip", self.fast_clip, positive=True)
+        _chk("jitter_clip", self.jitter_clip, positive=True)
         _chk("min_shift_sigma", self.min_shift_sigma, lo=0.0)
         _chk("min_shift_rel", self.min_shift_rel, lo=0.0, hi=10.0)
         _chk("confirm_shift", self.confirm_shift, lo=0.0)
@@ -179,7 +191,7 @@ class LevelShiftState:
 
     __slots__ = (
         "base", "changes", "delta", "dn_start", "dt", "dt_k", "dts", "endpoint_id", "evidence", "last_ts",
-        "fast", "mu", "n", "rebase_ms", "ref_i", "seg_start", "sigma", "sigma_prev", "signal", "sm", "sp", "ts",
+        "fast", "jit", "jitd", "mu", "n", "rebase_ms", "ref_i", "seg_start", "sigma", "sigma_prev", "signal", "sm", "sp", "ts",
         "unit", "up_start", "xs",
     )
 
@@ -208,6 +220,8 @@ class LevelShiftState:
         self.dn_start = 0
         self.evidence = False  # upward change confirmed and not yet re-baselined
         self.fast = 0.0  # short-horizon upper CUSUM in robust σ of the current level
+        self.jit = 0.0  # CUSUM of the deviation above the level (jitter, upper half), robust σ
+        self.jitd = 0.0  # ... and below it (lower half)
         self.rebase_ms = 0  # sample time at which the evidence ends (re-baselined)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +235,7 @@ class LevelShiftState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LevelShiftState:
         """Inverse of :meth:`to_dict` (a state saved by a service restart continues exactly)."""
+        d = {"jit": 0.0, "jitd": 0.0, **d}  # snapshots from before the jitter CUSUM existed
         missing = [k for k in cls.__slots__ if k not in d]
         if missing:
             raise ValueError(f"levels state: missing field(s) {missing}")
@@ -337,6 +352,7 @@ class LevelShiftDetector:
         st.seg_start = j
         st.sp = st.sm = 0.0
         st.fast = 0.0
+        st.jit = st.jitd = 0.0
         st.up_start = st.dn_start = n
         self._refresh(st, n)
         if up:
@@ -391,12 +407,20 @@ class LevelShiftDetector:
             if end > st.seg_start:
                 self._refresh(st, end)
         c = self.config
-        if c.fast_h > 0.0 and st.sigma > 0.0:
+        if st.sigma > 0.0:
             z = (x - st.mu) / st.sigma
-            if z > c.fast_clip:
-                z = c.fast_clip
-            f = st.fast + z - c.fast_k
-            st.fast = 0.0 if f < 0.0 else (f if f < 1.5 * c.fast_h else 1.5 * c.fast_h)
+            if c.fast_h > 0.0:
+                zf = z if z < c.fast_clip else c.fast_clip
+                f = st.fast + zf - c.fast_k
+                st.fast = 0.0 if f < 0.0 else (f if f < 1.5 * c.fast_h else 1.5 * c.fast_h)
+            if c.jitter_h > 0.0:
+                cap = 1.5 * c.jitter_h
+                a = z if z < c.jitter_clip else c.jitter_clip
+                f = st.jit + (a if a > 0.0 else 0.0) - c.jitter_k
+                st.jit = 0.0 if f < 0.0 else (f if f < cap else cap)
+                a = -z if -z < c.jitter_clip else c.jitter_clip
+                f = st.jitd + (a if a > 0.0 else 0.0) - c.jitter_k
+                st.jitd = 0.0 if f < 0.0 else (f if f < cap else cap)
         y = (x - st.mu) / st.delta
         clip = self._clip
         if y > clip:

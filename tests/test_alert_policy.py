@@ -99,3 +99,34 @@ def test_batch_equals_streaming_for_alerts_and_resolutions():
     assert [r.alert.to_dict() if r.alert else None for r in batch] == [r.alert.to_dict() if r.alert else None for r in stream]
     assert [r.resolved for r in batch] == [r.resolved for r in stream]
     assert sum(r.alert is not None for r in batch) >= 3 and sum(r.resolved is not None for r in batch) >= 3
+
+
+def test_jitter_growth_without_a_mean_change_alerts_and_explains_itself():
+    ts, x = _series(2000, 5, 4.0, seed=3)
+    quiet = _rules_only().score_frame(_frame(ts, x))
+    assert not quiet.alerts  # healthy Gaussian scatter: no page
+    rng = np.random.default_rng(4)
+    jit = x.copy()
+    jit[800:1000] += 4.0 * 0.03 * 5.0 * rng.standard_normal(200)  # 5x the scatter, same mean
+    assert abs(np.median(jit[800:1000]) - 4.0) < 0.2
+    res = _rules_only().score_frame(_frame(ts, jit))
+    assert res.alerts, "a five-fold growth of the scatter must alert"
+    a = res.alerts[0]
+    assert int(ts[800]) <= a.timestamp_ms <= int(ts[800]) + 120_000  # within two minutes
+    assert "jitter grew" in a.message and a.evidence == ("changepoint",)
+    assert res.resolutions and res.resolutions[0].reason == "recovered"
+
+
+def test_one_sided_deviations_are_not_jitter():
+    """A level that drops back (a recovery) deviates below the old level only: no jitter."""
+    from ocad_detectors.levels import LevelShiftDetector
+
+    ts, x = _series(3000, 5, 4.0, seed=5)
+    x[1000:] -= 0.8  # a lasting drop of 20 %
+    det = LevelShiftDetector()
+    st = det.new_state("ep", "udp_echo_rtt_ms", "ms")
+    jit = []
+    for t, v in zip(ts.tolist(), x.tolist()):
+        det.update(st, t, v)
+        jit.append(min(st.jit, st.jitd))
+    assert max(jit) < det.config.jitter_h

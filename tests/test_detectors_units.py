@@ -280,7 +280,10 @@ def test_any_evidence_alerts_once_it_persists_and_loss_at_once():
     # demanding two distinct types: one statistical detector alone never alerts
     two = AlertManager(AlertConfig(min_evidence=2, standalone_evidence=()))
     assert all(a is None for a in _feed(two, "c", T0, 5000, [["multivariate"]] * 40, comp=0.9))
-    assert _feed(two, "d", T0, 5000, [["multivariate", "changepoint"]] * 13, comp=0.7)[12] is not None
+    assert _feed(two, "d", T0, 5000, [["multivariate", "residual"]] * 13, comp=0.7)[12] is not None
+    # a CUSUM past its threshold has summed evidence over samples already: it alerts at once
+    out = _feed(am, "e", T0, 5000, [["changepoint"]] * 5)
+    assert out[0] is not None and all(a is None for a in out[1:])
     strict = AlertManager(AlertConfig(min_evidence=3, standalone_evidence=()))
     assert all(a is None for a in _feed(strict, "a", T0, 5000, [["threshold", "changepoint"]] * 40, comp=0.9))
 

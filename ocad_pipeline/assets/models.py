@@ -103,7 +103,8 @@ class IsolationForestConfig(dg.Config):
     ``max_samples``: "auto" (= min(256, rows)) or a row count as a string, e.g. "512".
     ``threshold_strategy``: "budget" (default: the ``1 - target_rate`` quantile of healthy
     validation scores, per endpoint where there are rows enough, else pooled per capability
-    group; groups with too few validation rows use out-of-fold training scores), "f1" (maximize
+    group; groups with too few validation rows use out-of-fold training scores; each threshold
+    is then raised to the highest level healthy validation rows held for ``sustain_s``), "f1" (maximize
     F1 on validation labels; falls back to the quantile when a group's validation rows hold no
     anomaly) or "quantile" (``threshold_quantile`` of normal validation scores).
 
@@ -122,6 +123,8 @@ class IsolationForestConfig(dg.Config):
     threshold_strategy: str = "budget"
     threshold_quantile: float = 0.99
     target_rate: float = 0.002
+    #: raise thresholds to the level healthy validation rows sustained this long (s); 0 = off
+    sustain_s: float = 60.0
     cv_folds: int = 5
     seed: int = 0
 

@@ -7,6 +7,14 @@ Where there is data enough, each endpoint gets its own threshold; otherwise the 
 (the documented fallback). A pool smaller than ``min_pooled_rows`` takes the ``fallback`` scores
 (for the Isolation Forest: out-of-fold scores of the normal training rows), never a threshold
 fitted on a few dozen rows.
+
+A row budget alone does not bound *alerts*: window features are autocorrelated, so healthy
+exceedances come in runs, and a run that lasts the alert policy's persistence is a false alert.
+With ``times_ms`` and ``sustain_s`` the calibration also takes, per endpoint, the highest level
+that healthy validation data *sustained* (the largest rolling median over ``sustain_s`` of
+consecutive rows) and raises the threshold to it: evidence must be higher than anything healthy
+held for that long. Endpoints without a threshold of their own get the pooled one raised to the
+median of those levels.
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_TARGET_RATE", "MIN_ENDPOINT_ROWS", "MIN_POOLED_ROWS", "budget_calibration", "budget_quantile"]
+__all__ = [
+    "DEFAULT_SUSTAIN_S", "DEFAULT_TARGET_RATE", "MIN_ENDPOINT_ROWS", "MIN_POOLED_ROWS", "budget_calibration", "budget_quantile",
+    "sustained_level",
+]
 
 #: share of healthy samples allowed to carry one detector's evidence
 DEFAULT_TARGET_RATE = 0.002
@@ -23,6 +34,35 @@ DEFAULT_TARGET_RATE = 0.002
 MIN_ENDPOINT_ROWS = 2000
 #: below this many healthy rows the pool is too small to calibrate on
 MIN_POOLED_ROWS = 500
+#: the span a healthy level must be held to count as sustained: the alert policy's default
+#: persistence (``ocad_detectors.config.AlertConfig.persist_s``)
+DEFAULT_SUSTAIN_S = 60.0
+
+
+def sustained_level(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) -> float | None:
+    """The largest rolling median over ``sustain_s`` of consecutive rows of one endpoint (rows
+    further apart than 2.5 intervals start a new stretch); None without a full window."""
+    order = np.argsort(times_ms, kind="stable")
+    t = np.asarray(times_ms, dtype=np.float64)[order]
+    x = np.asarray(scores, dtype=np.float64)[order]
+    if t.size < 3:
+        return None
+    d = np.diff(t)
+    d = d[d > 0]
+    if d.size == 0:
+        return None
+    interval = float(np.median(d))
+    n = max(2, int(round(sustain_s * 1000.0 / interval)))
+    breaks = np.flatnonzero(np.diff(t) > 2.5 * interval) + 1
+    best: float | None = None
+    for seg in np.split(x, breaks):
+        if seg.size < n:
+            continue
+        win = np.lib.stride_tricks.sliding_window_view(seg, n)
+        m = float(np.nanmax(np.nanmedian(win, axis=1))) if np.isfinite(win).any() else None
+        if m is not None and (best is None or m > best):
+            best = m
+    return best
 
 
 def budget_quantile(scores: np.ndarray, target_rate: float) -> float:
@@ -44,14 +84,18 @@ def budget_calibration(
     fallback_source: str = "",
     min_endpoint_rows: int = MIN_ENDPOINT_ROWS,
     min_pooled_rows: int = MIN_POOLED_ROWS,
+    times_ms: np.ndarray | None = None,
+    sustain_s: float | None = None,
 ) -> dict[str, Any]:
-    """Pooled and per-endpoint thresholds at ``target_rate`` (the record goes to metadata.json)."""
+    """Pooled and per-endpoint thresholds at ``target_rate``, raised to the sustained healthy
+    level when ``times_ms`` and ``sustain_s`` are given (the record goes to metadata.json)."""
     if not 0.0 < target_rate < 0.5:
         raise ValueError(f"target_rate must be in (0, 0.5), got {target_rate}")
     scores = np.asarray(scores, dtype=np.float64)
     endpoints = np.asarray(endpoints).astype(str)
     ok = np.isfinite(scores)
     scores, endpoints = scores[ok], endpoints[ok]
+    times = None if times_ms is None or sustain_s is None else np.asarray(times_ms, dtype=np.int64)[ok]
     pool, pool_source = scores, source
     if scores.size < min_pooled_rows and fallback is not None and np.isfinite(fallback).sum() > scores.size:
         pool, pool_source = np.asarray(fallback, dtype=np.float64), fallback_source
@@ -63,6 +107,21 @@ def budget_calibration(
         counts[str(ep)] = int(sel.size)
         if sel.size >= min_endpoint_rows:
             per_endpoint[str(ep)] = budget_quantile(sel, target_rate)
+    sustained: dict[str, float] = {}
+    raised: list[str] = []
+    pooled_rows_only = pooled
+    if times is not None and sustain_s is not None:
+        for ep in np.unique(endpoints):
+            sel = endpoints == ep
+            lv = sustained_level(scores[sel], times[sel], float(sustain_s))
+            if lv is not None:
+                sustained[str(ep)] = lv
+        for ep, thr in list(per_endpoint.items()):
+            if ep in sustained and sustained[ep] > thr:
+                per_endpoint[ep] = sustained[ep]
+                raised.append(ep)
+        if sustained:
+            pooled = max(pooled, float(np.median(list(sustained.values()))))
     return {
         "method": "budget",
         "target_rate": float(target_rate),
@@ -72,6 +131,10 @@ def budget_calibration(
         "pooled_rate_observed": float(np.mean(pool[np.isfinite(pool)] > pooled)),
         "per_endpoint": per_endpoint,
         "rows_per_endpoint": counts,
+        "sustain_s": None if times is None else float(sustain_s),  # type: ignore[arg-type]
+        "sustained_level_per_endpoint": sustained,
+        "raised_to_sustained_level": sorted(raised),
+        "pooled_row_quantile": pooled_rows_only,
         "min_endpoint_rows": int(min_endpoint_rows),
         "min_pooled_rows": int(min_pooled_rows),
         "fallback": (

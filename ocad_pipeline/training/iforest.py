@@ -39,7 +39,7 @@ from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature
 from ocad_detectors.registry import save_arrays
 from ocad_pipeline.models.iforest_export import export_isolation_forest
 from ocad_pipeline.training import json_safe
-from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
+from ocad_pipeline.training.calibration import DEFAULT_SUSTAIN_S, DEFAULT_TARGET_RATE, budget_calibration
 from ocad_pipeline.training.metrics import best_f1_threshold, classification_metrics, roc_auc
 
 __all__ = [
@@ -77,6 +77,9 @@ class IsolationForestParams:
     threshold_quantile: float = 0.99
     #: share of healthy samples allowed above the threshold ("budget" strategy)
     target_rate: float = DEFAULT_TARGET_RATE
+    #: "budget" strategy: raise each threshold to the highest level healthy validation rows
+    #: sustained for this long (seconds; the alert persistence), 0 = off (training.calibration)
+    sustain_s: float = DEFAULT_SUSTAIN_S
     cv_folds: int = 5
     seed: int = 0
 
@@ -94,6 +97,8 @@ class IsolationForestParams:
             raise ValueError(f"threshold_strategy must be 'budget', 'f1' or 'quantile', got {self.threshold_strategy!r}")
         if not 0.0 < self.target_rate < 0.5:
             raise ValueError(f"target_rate must be in (0, 0.5), got {self.target_rate}")
+        if not (isinstance(self.sustain_s, (int, float)) and 0.0 <= self.sustain_s <= 86400.0):
+            raise ValueError(f"sustain_s must be in [0, 86400] seconds, got {self.sustain_s!r}")
         if not 0.0 < self.threshold_quantile < 1.0:
             raise ValueError("threshold_quantile must be in (0, 1)")
         if self.cv_folds < 2:
@@ -249,6 +254,8 @@ def fit_group(
         calibration = budget_calibration(
             val_scores[healthy], val["endpoint_id"].to_numpy()[healthy] if len(Xv) else np.empty(0, dtype=object),
             params.target_rate, fallback=oof, fallback_source="out-of-fold scores of the normal training rows (k-fold CV)",
+            times_ms=val["timestamp_ms"].to_numpy()[healthy] if len(Xv) and params.sustain_s > 0 else None,
+            sustain_s=params.sustain_s if params.sustain_s > 0 else None,
         )
         threshold = calibration["pooled"]
         method = f"budget: {params.target_rate:.2%} of {calibration['pooled_source']} above it ({calibration['pooled_rows']} rows)"
