@@ -56,7 +56,9 @@ def build(work: Path, hours: float) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from model_fixtures import build_model_registry
+    from reference_models import fit_forest_sklearn, fit_tcn_torch
 
     from ocad_pipeline.simulator import SimulatorConfig
 
@@ -64,13 +66,14 @@ def build(work: Path, hours: float) -> None:
     built = build_model_registry(
         work / "models", SimulatorConfig(duration_hours=hours, seed=42), hidden=32, dilations=(1, 2, 4),
         kernel_size=3, seq_len=10, epochs=3, n_trees=100, max_samples=256, max_windows=60_000,
+        tcn_fitter=fit_tcn_torch, forest_fitter=fit_forest_sklearn,
     )
     ref = work / "reference"
     ref.mkdir()
-    for metric, model in built.torch_models.items():
+    for metric, model in built.tcn_originals.items():
         torch.save({"state_dict": model.state_dict(), "seq_len": model.seq_len, "hidden": model.hidden_channels,
                     "dilations": model.dilations, "kernel_size": model.kernel_size}, ref / f"tcn_{metric}.pt")
-    for group, forest in built.forests.items():
+    for group, forest in built.forest_originals.items():
         (ref / f"forest_{group}.pkl").write_bytes(pickle.dumps(forest))
     samples = built.sim.samples[COLUMNS].copy()
     samples["lbm_success"] = samples["lbm_success"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)

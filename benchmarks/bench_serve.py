@@ -14,8 +14,8 @@ generator sent and the service refused with 429 are counted as ``refused``). The
 ``ocad-detect`` scores the very same samples from a Parquet file in the same run (wall time ->
 samples/s) and the service's alerts are compared with ocad-detect's (they must be equal).
 
-``--models fixture`` builds the numpy model fixtures (tests/model_fixtures.py, needs torch
-and sklearn for the build only) and scores with every detector; the default is rules + CUSUM
+``--models fixture`` builds the numpy model fixtures (tests/model_fixtures.py, fitted in
+numpy) and scores with every detector; the default is rules + CUSUM
 only (``--models none``), the light deployment.
 
 Usage::

@@ -2,20 +2,14 @@
 
 A model that is missing, fails sha256 verification or has unusable contents is reported once
 (``logging`` warning on the ``ocad_detectors`` logger) and left out; the detectors that need
-it then contribute score 0 and no evidence, everything else keeps running. Each artifact's
-layout is the training pipeline's contract (see the README of this package / the issue text):
-
-* ``tcn_<metric>``: ``weights.safetensors`` + metadata ``architecture``, ``scaler``
-  ``{mean, std}`` and ``residual_scale`` ``{pooled, per_endpoint}`` (signal units);
-* ``isolation_forest``: ``forest.safetensors`` with arrays ``"<group>/<name>"`` per capability
-  group + metadata ``feature_config``, ``groups`` ``{features, scaler, threshold}`` and
-  ``reference_stats`` records.
+it then contribute score 0 and no evidence, everything else keeps running. What each artifact
+holds (names, files, metadata schema) is the contract in :mod:`ocad_detectors.artifacts`; this
+module turns a verified artifact into the objects the detectors score with.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,25 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names
+from ocad_detectors.artifacts import (
+    IFOREST_MODEL_NAME,
+    MODEL_NAMES,
+    TCN_MODEL_NAMES,
+    IForestArtifact,
+    IFMetadata,
+    TCNArtifact,
+    TCNMetadata,
+    read_artifact,
+    tcn_metric,
+)
+from ocad_detectors.features import FeatureConfig, ReferenceStats
 from ocad_detectors.iforest import NumpyIsolationForest
 from ocad_detectors.registry import INDEX_FILE, LoadedVersion, ModelRegistry
-from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNAL_METRIC
+from ocad_detectors.signals import SIGNAL_METRIC
 from ocad_detectors.tcn import NumpyTCN
 
 __all__ = ["IFOREST_MODEL_NAME", "TCN_MODEL_NAMES", "IFGroup", "IFModel", "ModelLoader", "ModelSet", "TCNModel", "validate_loaded"]
 
 logger = logging.getLogger("ocad_detectors")
-
-TCN_MODEL_NAMES: dict[str, str] = {m: f"tcn_{m}" for m in METRIC_TYPES}
-IFOREST_MODEL_NAME = "isolation_forest"
-
-
-def _finite_positive(x: Any, what: str) -> float:
-    f = float(x)
-    if not (math.isfinite(f) and f > 0):
-        raise ValueError(f"{what} must be a finite positive number, got {x!r}")
-    return f
 
 
 @dataclass(frozen=True)
@@ -82,37 +77,31 @@ class TCNModel:
         return self.residual_pooled
 
     @classmethod
-    def from_version(cls, name: str, version: str, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> TCNModel:
-        metric = str(metadata.get("metric_type", name.removeprefix("tcn_")))
-        if metric not in METRIC_SIGNAL:
-            raise ValueError(f"metric_type {metric!r} is not one of {list(METRIC_TYPES)}")
-        signal = str(metadata.get("signal", METRIC_SIGNAL[metric]))
-        if signal != METRIC_SIGNAL[metric]:
-            raise ValueError(f"signal {signal!r} does not belong to metric type {metric!r}")
-        if metadata.get("kind", "tcn") != "tcn":
-            raise ValueError(f"kind is {metadata.get('kind')!r}, expected 'tcn'")
-        net = NumpyTCN(arrays, metadata["architecture"])
-        sc = metadata["scaler"]
-        rs = metadata["residual_scale"]
-        per_ep = {str(k): _finite_positive(v, f"residual_scale.per_endpoint[{k}]") for k, v in dict(rs.get("per_endpoint") or {}).items()}
-        cal = rs.get("calibration") or {}
-        thr_pooled = _finite_positive(cal["pooled"], "residual_scale.calibration.pooled") if "pooled" in cal else None
-        thr_ep = {str(k): _finite_positive(v, f"residual_scale.calibration.per_endpoint[{k}]") for k, v in dict(cal.get("per_endpoint") or {}).items()}
+    def from_artifact(cls, art: TCNArtifact, version: str) -> TCNModel:
+        """The scoring object of a contract-checked artifact (builds the numpy forecaster)."""
+        meta = art.metadata
+        rs = meta.residual_scale
+        cal = rs.calibration
         return cls(
-            name=name,
+            name=art.name,
             version=version,
-            metric=metric,
-            signal=signal,
-            net=net,
-            mean=float(sc["mean"]),
-            std=_finite_positive(sc["std"], "scaler.std"),
-            residual_pooled=_finite_positive(rs["pooled"], "residual_scale.pooled"),
-            residual_per_endpoint=per_ep,
-            weights=dict(arrays),
-            architecture=dict(metadata["architecture"]),
-            threshold_pooled=thr_pooled,
-            threshold_per_endpoint=thr_ep,
+            metric=meta.metric_type,
+            signal=meta.signal,
+            net=art.build(),
+            mean=meta.scaler.mean,
+            std=meta.scaler.std,
+            residual_pooled=rs.pooled,
+            residual_per_endpoint=dict(rs.per_endpoint),
+            weights=dict(art.weights),
+            architecture=meta.architecture.to_dict(),
+            threshold_pooled=cal.pooled if cal is not None else None,
+            threshold_per_endpoint=dict(cal.per_endpoint) if cal is not None else {},
         )
+
+    @classmethod
+    def from_version(cls, name: str, version: str, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> TCNModel:
+        """From a manifest and its weights (validated against the contract)."""
+        return cls.from_artifact(TCNArtifact(TCNMetadata.from_dict(metadata, name), arrays), version)
 
 
 @dataclass(frozen=True)
@@ -144,39 +133,26 @@ class IFModel:
     reference: ReferenceStats
 
     @classmethod
+    def from_artifact(cls, art: IForestArtifact, version: str) -> IFModel:
+        """The scoring object of a contract-checked artifact (builds every group's forest)."""
+        meta = art.metadata
+        forests = art.build()
+        groups = {
+            key: IFGroup(
+                key, spec.capabilities, spec.features, forests[key],
+                np.asarray(spec.scaler_mean, dtype=np.float64), np.asarray(spec.scaler_std, dtype=np.float64),
+                spec.threshold, dict(spec.endpoint_thresholds),
+            )
+            for key, spec in meta.groups.items()
+        }
+        return cls(art.name, version, meta.feature_config, groups, meta.reference)
+
+    @classmethod
     def from_version(cls, name: str, version: str, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> IFModel:
-        if metadata.get("kind", "isolation_forest") != "isolation_forest":
-            raise ValueError(f"kind is {metadata.get('kind')!r}, expected 'isolation_forest'")
-        fcfg = FeatureConfig.from_dict(metadata["feature_config"])
-        reference = ReferenceStats.from_records(metadata["reference_stats"])
-        groups: dict[str, IFGroup] = {}
-        for key, spec in dict(metadata["groups"]).items():
-            caps = frozenset(str(key).split("+"))
-            expected = model_feature_names(caps)
-            feats = [str(f) for f in spec["features"]]
-            if feats != expected:
-                raise ValueError(f"group {key!r}: features {feats} differ from the feature engine's {expected}")
-            prefix = f"{key}/"
-            sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            forest = NumpyIsolationForest(sub)
-            if forest.n_features != len(feats):
-                raise ValueError(f"group {key!r}: forest has {forest.n_features} features, metadata lists {len(feats)}")
-            mean = np.asarray(spec["scaler"]["mean"], dtype=np.float64)
-            std = np.asarray(spec["scaler"]["std"], dtype=np.float64)
-            if mean.shape != (len(feats),) or std.shape != (len(feats),):
-                raise ValueError(f"group {key!r}: scaler needs {len(feats)} means and stds")
-            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-                raise ValueError(f"group {key!r}: scaler must be finite with std > 0")
-            thr = float(spec["threshold"])
-            if not math.isfinite(thr):
-                raise ValueError(f"group {key!r}: threshold must be finite")
-            ep_thr = {str(k): float(v) for k, v in dict(spec.get("endpoint_thresholds") or {}).items()}
-            if not all(math.isfinite(v) for v in ep_thr.values()):
-                raise ValueError(f"group {key!r}: endpoint_thresholds must be finite")
-            groups[str(key)] = IFGroup(str(key), caps, tuple(feats), forest, mean, std, thr, ep_thr)
-        if not groups:
-            raise ValueError("no capability groups")
-        return cls(name, version, fcfg, groups, reference)
+        """From a manifest and the flat ``"<group>/<array>"`` arrays (validated against the contract)."""
+        meta = IFMetadata.from_dict(metadata, name)
+        forests = {key: {k[len(key) + 1:]: v for k, v in arrays.items() if k.startswith(f"{key}/")} for key in meta.groups}
+        return cls.from_artifact(IForestArtifact(meta, forests), version)
 
 
 @dataclass(frozen=True)
@@ -188,7 +164,7 @@ class ModelSet:
 
     @property
     def versions(self) -> dict[str, str | None]:
-        out: dict[str, str | None] = {name: None for name in (*TCN_MODEL_NAMES.values(), IFOREST_MODEL_NAME)}
+        out: dict[str, str | None] = {name: None for name in MODEL_NAMES}
         for m in self.tcn.values():
             out[m.name] = m.version
         if self.iforest is not None:
@@ -236,14 +212,11 @@ def _release_freed_memory() -> None:
 
 def build_model(lv: LoadedVersion) -> TCNModel | IFModel | None:
     """The ready-to-score model of a verified version, by model name (None: not a detector model)."""
-    name = lv.model_name
-    if name == IFOREST_MODEL_NAME:
-        return IFModel.from_version(name, lv.version, lv.metadata, lv.arrays("forest.safetensors"))
-    if name in TCN_MODEL_NAMES.values():
-        model = TCNModel.from_version(name, lv.version, lv.metadata, lv.arrays("weights.safetensors"))
-        if model.metric != name.removeprefix("tcn_"):
-            raise ValueError(f"metadata metric_type {model.metric!r} does not match the model name")
-        return model
+    art = read_artifact(lv)
+    if isinstance(art, IForestArtifact):
+        return IFModel.from_artifact(art, lv.version)
+    if isinstance(art, TCNArtifact):
+        return TCNModel.from_artifact(art, lv.version)
     return None
 
 
@@ -280,9 +253,9 @@ class ModelLoader:
         self.errors: list[str] = []
         #: model name -> version to serve instead of production (evaluation, shadow scoring)
         self.pinned = dict(pinned or {})
-        unknown = set(self.pinned) - set(TCN_MODEL_NAMES.values()) - {IFOREST_MODEL_NAME}
+        unknown = set(self.pinned) - set(MODEL_NAMES)
         if unknown:
-            raise ValueError(f"cannot pin unknown models {sorted(unknown)}; known: {[*TCN_MODEL_NAMES.values(), IFOREST_MODEL_NAME]}")
+            raise ValueError(f"cannot pin unknown models {sorted(unknown)}; known: {list(MODEL_NAMES)}")
         self._warned: set[tuple[str, str]] = set()
 
     def _warn(self, name: str, message: str) -> None:
@@ -322,7 +295,7 @@ class ModelLoader:
             if name == IFOREST_MODEL_NAME:
                 old = current.iforest if current else None
             else:
-                old = current.tcn.get(name.removeprefix("tcn_")) if current else None
+                old = current.tcn.get(tcn_metric(name) or "") if current else None
             model = self._load_one(name, root, old)
             if model is None:
                 continue

@@ -3,7 +3,8 @@
 Layout under the root (``data/models`` relative to the working directory, or ``$OCAD_MODEL_DIR``)::
 
     <root>/<model>/<version>/      immutable once visible, e.g. tcn_udp_echo/1.0.0/
-        weights.safetensors        files registered by the writer
+        weights.safetensors        files registered by the writer (names and metadata
+                                   schema per model kind: ocad_detectors.artifacts)
         metadata.json              the manifest: caller metadata + model_name, version,
                                    created_at, files (sha256 + size of every model file)
         signature.json             optional Ed25519 signature of metadata.json's bytes
@@ -492,8 +493,17 @@ class LoadedVersion:
     #: ``legacy`` (written before manifest hashes existed: files verified, manifest not)
     trust: str = "hashed"
 
-    def arrays(self, filename: str = "weights.safetensors") -> dict[str, np.ndarray]:
-        """The named arrays of a safetensors file of this version."""
+    def arrays(self, filename: str | None = None) -> dict[str, np.ndarray]:
+        """The named arrays of a safetensors file of this version (None: its only
+        ``.safetensors`` file; which file a model kind uses is in :mod:`ocad_detectors.artifacts`)."""
+        if filename is None:
+            found = sorted(n for n in self.files if n.endswith(".safetensors"))
+            if len(found) != 1:
+                raise ModelNotFoundError(
+                    f"{self.model_name} {self.version} ({self.path}) has {len(found)} safetensors files "
+                    f"{found}: name the one to read"
+                )
+            filename = found[0]
         if filename not in self.files:
             raise ModelNotFoundError(
                 f"{self.path / filename} is not part of {self.model_name} {self.version}; "

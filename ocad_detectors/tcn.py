@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NumpyTCN", "tcn_weight_shapes"]
+__all__ = ["ARCH_LIMITS", "NumpyTCN", "check_architecture", "tcn_weight_shapes"]
 
 #: windows evaluated per chunk in batch mode: keeps the per-block arrays in cache
 _CHUNK = 768
@@ -44,6 +44,20 @@ def _is_int(v: Any, lo: int, hi: int) -> bool:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return isinstance(v, int) and lo <= v <= hi
+
+
+def check_architecture(architecture: Any) -> None:
+    """Raise ``ValueError`` naming the field when an architecture is outside :data:`ARCH_LIMITS`
+    (it comes from a manifest: a hostile ``seq_len`` must be refused before anything is allocated)."""
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be an object, got {type(architecture).__name__}")
+    for key, hi in ARCH_LIMITS.items():
+        v = architecture.get(key)
+        if key == "dilations":
+            if not isinstance(v, list | tuple) or not 1 <= len(v) <= MAX_BLOCKS or not all(_is_int(d, 1, hi) for d in v):
+                raise ValueError(f"architecture.dilations must be 1-{MAX_BLOCKS} integers in [1, {hi}], got {str(v)[:80]}")
+        elif not _is_int(v, 1, hi):
+            raise ValueError(f"architecture.{key} must be an integer in [1, {hi}], got {str(v)[:80]}")
 
 
 def tcn_weight_shapes(architecture: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -82,15 +96,7 @@ class NumpyTCN:
     """Eval-mode TCN forecaster: ``predict((batch, seq_len)) -> (batch,)`` next scaled values."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], architecture: Mapping[str, Any]) -> None:
-        if not isinstance(architecture, Mapping):
-            raise ValueError(f"architecture must be an object, got {type(architecture).__name__}")
-        for key, hi in ARCH_LIMITS.items():
-            v = architecture.get(key)
-            if key == "dilations":
-                if not isinstance(v, list | tuple) or not 1 <= len(v) <= MAX_BLOCKS or not all(_is_int(d, 1, hi) for d in v):
-                    raise ValueError(f"architecture.dilations must be 1-{MAX_BLOCKS} integers in [1, {hi}], got {str(v)[:80]}")
-            elif not _is_int(v, 1, hi):
-                raise ValueError(f"architecture.{key} must be an integer in [1, {hi}], got {str(v)[:80]}")
+        check_architecture(architecture)
         self.seq_len = int(architecture["seq_len"])
         self.hidden_channels = int(architecture["hidden_channels"])
         self.kernel_size = int(architecture["kernel_size"])

@@ -321,14 +321,14 @@ def run_mode(
 
 def resolve_versions(model_dir: str | os.PathLike[str], which: str = "auto") -> dict[str, str]:
     """Model name -> version to serve: ``production``, ``latest`` or ``auto`` (production, else latest)."""
-    from ocad_detectors.modelset import IFOREST_MODEL_NAME, TCN_MODEL_NAMES
+    from ocad_detectors.artifacts import MODEL_NAMES
     from ocad_detectors.registry import ModelRegistry, parse_version
 
     if which not in ("production", "latest", "auto"):
         raise ValueError(f"model_versions must be production, latest or auto, got {which!r}")
     reg = ModelRegistry(model_dir)
     out: dict[str, str] = {}
-    for name in (*TCN_MODEL_NAMES.values(), IFOREST_MODEL_NAME):
+    for name in MODEL_NAMES:
         try:
             prod = reg.production_version(name)
             listed = [v.version for v in reg.list_versions(name)]

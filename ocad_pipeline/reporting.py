@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ocad_detectors.artifacts import MODEL_NAMES, TCNMetadata, parse_metadata, tcn_metric
 from ocad_detectors.config import DETECTORS
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.registry import ModelRegistry, parse_version
-from ocad_detectors.signals import METRIC_TYPES
 from ocad_pipeline.evaluation import best_f1_threshold, episode_flags, eventwise, pointwise
 
-MODEL_NAMES: tuple[str, ...] = (*(f"tcn_{m}" for m in METRIC_TYPES), "isolation_forest")
 SAMPLE_COLUMNS = ["timestamp_ms", "endpoint_id", "udp_echo_rtt_ms", "ecpri_ow_us", "lbm_rtt_ms", "lbm_success"]
 SCORES = (*DETECTORS, "composite")
 
@@ -190,16 +189,16 @@ def evaluate_versions(
         ops_detect = {"mttd_seconds": None, "mttd_median_seconds": None, "lead_time_minutes": None}
     pr = probe(root, versions, test, probe_samples)
     sizes = model_sizes(reg, versions)
-    forecast = {
-        n.removeprefix("tcn_"): (m.get("validation_metrics") or {}).get("test_forecast") for n, m in meta.items() if n.startswith("tcn_")
-    }
+    typed = {n: parse_metadata(n, m) for n, m in meta.items()}
+    tcn = {n: t for n, t in typed.items() if isinstance(t, TCNMetadata)}
+    forecast = {tcn_metric(n): (t.info.get("validation_metrics") or {}).get("test_forecast") for n, t in tcn.items()}
     params = sum(int(m.get("parameter_count") or 0) for m in meta.values())
     report = {
         "model_info": {
             "name": "OCAD detector set (TCN residual x3 + Isolation Forest + rules + level shifts)",
             "versions": dict(versions),
             "training_date": max((m.get("training_date") or m.get("created_at") or "") for m in meta.values()) if meta else None,
-            "architecture": {n: m.get("architecture") for n, m in meta.items() if n.startswith("tcn_")},
+            "architecture": {n: t.architecture.to_dict() for n, t in tcn.items()},
             "parameters": params,
             "hyperparameters_source": {n: m.get("hyperparameters_source") for n, m in meta.items()},
         },

@@ -93,6 +93,14 @@ def test_tcn_training_learns(trained_tcn: tuple[TCNForecaster, float, float]) ->
     assert after < before
 
 
+def test_export_refuses_tensors_the_contract_does_not_know() -> None:
+    """A change of the torch module the numpy runtime would not understand fails at export."""
+    model = TCNForecaster(10, 4, (1, 2), 3)
+    model.extra = torch.nn.Linear(4, 4)  # e.g. a new layer added to the forecaster
+    with pytest.raises(ValueError, match=r"does not match the artifact contract's tensors: \['extra.bias', 'extra.weight'\]"):
+        export_tcn(model)
+
+
 def test_numpy_tcn_matches_torch_batch_and_single(trained_tcn: tuple[TCNForecaster, float, float]) -> None:
     model = trained_tcn[0]
     weights = export_tcn(model)

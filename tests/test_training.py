@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import ocad_pipeline.training.tcn as tcn_mod
+from ocad_detectors.artifacts import FORMAT_KEY, FORMAT_VERSION, IFMetadata, TCNMetadata
 from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names
 from ocad_detectors.iforest import NumpyIsolationForest
 from ocad_detectors.registry import ModelRegistry
@@ -246,6 +247,9 @@ def test_tcn_metadata_has_every_contract_key(udp_windows, tiny_tcn):
     assert "val_loss" in meta["validation_metrics"]
     assert len(meta["learning_curve"]["train_loss"]) == len(meta["learning_curve"]["val_loss"]) == tiny_tcn.epochs_run
     assert meta["config"]["dilations"] == [1, 2] and meta["config"]["max_epochs"] == 3
+    # written in the artifact contract's current format; the contract reads back what was written
+    assert meta[FORMAT_KEY] == FORMAT_VERSION
+    assert TCNMetadata.from_dict(meta, "tcn_udp_echo").to_dict() == meta
     _strict_json(meta)
 
 
@@ -304,7 +308,9 @@ def test_budget_threshold_comes_from_healthy_validation_rows_and_holds_on_unseen
         sources.add(cal["pooled_source"])
         if cal["pooled_source"] == "healthy validation rows":
             scores = m.anomaly_score(group_matrix(val, m.features))
-            assert m.threshold == pytest.approx(np.quantile(scores[healthy], 1 - rate, method="higher"))
+            assert cal["pooled_row_quantile"] == pytest.approx(np.quantile(scores[healthy], 1 - rate, method="higher"))
+            # ... raised to the median level healthy rows sustained for the alert persistence
+            assert m.threshold == cal["pooled"] >= cal["pooled_row_quantile"]
         else:  # too few validation rows: out-of-fold training scores, never a few dozen rows
             assert cal["pooled_rows"] >= 500
         # the budget holds on healthy test rows nobody calibrated on (within sampling noise)
@@ -370,6 +376,8 @@ def test_forest_metadata_has_every_contract_key(splits, tiny_forest):
         assert {"precision", "recall", "f1", "roc_auc"} <= set(meta["validation_metrics"][g])
     ref = ReferenceStats.from_records(meta["reference_stats"])
     assert ref.pooled and ref.per_endpoint
+    assert meta[FORMAT_KEY] == FORMAT_VERSION
+    assert IFMetadata.from_dict(meta, "isolation_forest").to_dict() == meta
     _strict_json(meta)
 
 

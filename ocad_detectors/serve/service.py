@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ocad_detectors.artifacts import IFOREST_MODEL_NAME, TCN_MODEL_NAMES
 from ocad_detectors.config import DetectionConfig
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.serve.config import ServeConfig, load_service_config
@@ -363,9 +364,9 @@ class DetectorService:
         d = self.detection
         v = self.pipeline.model_versions
         missing = []
-        if d.residual.active and not any(v.get(k) for k in v if k.startswith("tcn_")):
+        if d.residual.active and not any(v.get(k) for k in TCN_MODEL_NAMES.values()):
             missing.append("TCN (detection.residual)")
-        if d.multivariate.active and not v.get("isolation_forest"):
+        if d.multivariate.active and not v.get(IFOREST_MODEL_NAME):
             missing.append("Isolation Forest (detection.multivariate)")
         if missing:
             return False, f"models not loaded: {', '.join(missing)} (or disable those detectors, or serve.require_models: false)"

@@ -20,6 +20,7 @@ import dagster as dg
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ocad_detectors.artifacts import TCNMetadata
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
 from ocad_pipeline.fingerprint import FINGERPRINT_KEY, matching_version, training_fingerprint
 from ocad_pipeline.io_managers import tables_sha256
@@ -315,7 +316,7 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
             "n_train_windows": result.n_train_windows,
             "train_seconds": float(result.train_seconds),
             "report": report,  # pickled as is (NaN stays NaN, as in the tables)
-            "calibration": meta["residual_scale"]["calibration"],
+            "calibration": _calibration(meta, name),
             "params": params.to_dict(),
             "hyperparameters_source": prov["hyperparameters_source"],
             "tuning_study": f"{tuning['study_name']} (trial {tuning['best_trial']})" if tuning is not None else None,
@@ -349,6 +350,13 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
         )
 
     return _train
+
+
+def _calibration(meta: dict, name: str) -> dict:
+    """The residual-threshold calibration record of a TCN manifest, read through the artifact
+    contract; {} for versions written before budget calibration (their detectors use the default)."""
+    cal = TCNMetadata.from_dict(meta, name).residual_scale.calibration
+    return cal.to_dict() if cal is not None else {}
 
 
 def _reused_tcn_output(context, registry, metric: str, same: tuple[str, dict], params, prov, tuning, started, t0) -> dg.Output[dict]:
@@ -387,8 +395,7 @@ def _reused_tcn_output(context, registry, metric: str, same: tuple[str, dict], p
         "step_seconds": time.perf_counter() - t0,
         "reused": True,
         "training_fingerprint": meta[FINGERPRINT_KEY],
-        # versions written before budget calibration have none (their detectors use the default)
-        "calibration": (meta.get("residual_scale") or {}).get("calibration") or {},
+        "calibration": _calibration(meta, name),
     }
     summary["step_finished"] = started + summary["step_seconds"]
     return dg.Output(

@@ -7,7 +7,9 @@ time step and predicts the *change* from the last input (``x[:, -1]`` skip term)
 beating the naive last-value forecast easy to learn.
 
 :func:`export_tcn` + :func:`tcn_architecture` are everything ``ocad_detectors.tcn.NumpyTCN``
-needs to reproduce the eval-mode forward pass without torch.
+needs to reproduce the eval-mode forward pass without torch; both are checked against the
+artifact contract (``ocad_detectors.artifacts.TCNArchitecture``), so a change of this module
+that the numpy runtime would not understand fails at export, not at load.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ocad_detectors.artifacts import TCNArchitecture
 
 __all__ = ["TCNBlock", "TCNForecaster", "export_tcn", "tcn_architecture", "count_parameters"]
 
@@ -86,21 +90,24 @@ class TCNForecaster(nn.Module):
 
 
 def export_tcn(model: TCNForecaster) -> dict[str, np.ndarray]:
-    """All parameters as contiguous float32 arrays keyed by their ``state_dict`` name."""
-    return {
+    """All parameters as contiguous float32 arrays keyed by their ``state_dict`` name; raises
+    ``ValueError`` when they are not exactly the tensors the artifact contract expects."""
+    weights = {
         name: np.ascontiguousarray(t.detach().cpu().numpy().astype(np.float32))
         for name, t in model.state_dict().items()
     }
+    expected = TCNArchitecture(**tcn_architecture(model)).weight_shapes()
+    got = {k: v.shape for k, v in weights.items()}
+    if got != expected:
+        diff = sorted(set(got) ^ set(expected)) or sorted(k for k in got if got[k] != expected[k])
+        raise ValueError(f"TCNForecaster state_dict does not match the artifact contract's tensors: {diff}")
+    return weights
 
 
 def tcn_architecture(model: TCNForecaster) -> dict[str, Any]:
-    """The JSON-serialisable shape description ``NumpyTCN`` needs besides the weights."""
-    return {
-        "seq_len": model.seq_len,
-        "hidden_channels": model.hidden_channels,
-        "dilations": list(model.dilations),
-        "kernel_size": model.kernel_size,
-    }
+    """The JSON-serialisable shape description ``NumpyTCN`` needs besides the weights
+    (validated by ``TCNArchitecture``: bounds the runtime accepts)."""
+    return TCNArchitecture(model.seq_len, model.hidden_channels, model.dilations, model.kernel_size).to_dict()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

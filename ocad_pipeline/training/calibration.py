@@ -13,8 +13,9 @@ exceedances come in runs, and a run that lasts the alert policy's persistence is
 With ``times_ms`` and ``sustain_s`` the calibration also takes, per endpoint, the highest level
 that healthy validation data *sustained* (the largest rolling median over ``sustain_s`` of
 consecutive rows) and raises the threshold to it: evidence must be higher than anything healthy
-held for that long. Endpoints without a threshold of their own get the pooled one raised to the
-median of those levels.
+held for that long (an endpoint without enough rows for its own row quantile gets its own
+threshold this way, never below the pooled one). The pooled threshold is raised to the median
+of those levels.
 """
 
 from __future__ import annotations
@@ -86,9 +87,13 @@ def budget_calibration(
     min_pooled_rows: int = MIN_POOLED_ROWS,
     times_ms: np.ndarray | None = None,
     sustain_s: float | None = None,
+    fallback_times_ms: np.ndarray | None = None,
+    fallback_endpoints: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Pooled and per-endpoint thresholds at ``target_rate``, raised to the sustained healthy
-    level when ``times_ms`` and ``sustain_s`` are given (the record goes to metadata.json)."""
+    level when ``times_ms`` and ``sustain_s`` are given (the record goes to metadata.json). With
+    ``fallback_times_ms`` and ``fallback_endpoints`` the fallback scores (healthy too, and usually
+    far more rows) contribute their sustained levels as well: the higher one counts."""
     if not 0.0 < target_rate < 0.5:
         raise ValueError(f"target_rate must be in (0, 0.5), got {target_rate}")
     scores = np.asarray(scores, dtype=np.float64)
@@ -111,17 +116,24 @@ def budget_calibration(
     raised: list[str] = []
     pooled_rows_only = pooled
     if times is not None and sustain_s is not None:
-        for ep in np.unique(endpoints):
-            sel = endpoints == ep
-            lv = sustained_level(scores[sel], times[sel], float(sustain_s))
-            if lv is not None:
-                sustained[str(ep)] = lv
-        for ep, thr in list(per_endpoint.items()):
-            if ep in sustained and sustained[ep] > thr:
-                per_endpoint[ep] = sustained[ep]
-                raised.append(ep)
+        sources = [(scores, endpoints, times)]
+        if fallback is not None and fallback_times_ms is not None and fallback_endpoints is not None:
+            fb = np.asarray(fallback, dtype=np.float64)
+            sources.append((fb, np.asarray(fallback_endpoints).astype(str), np.asarray(fallback_times_ms, dtype=np.int64)))
+        for sc, eps, tms in sources:
+            for ep in np.unique(eps):
+                sel = eps == ep
+                lv = sustained_level(sc[sel], tms[sel], float(sustain_s))
+                if lv is not None and lv > sustained.get(str(ep), -np.inf):
+                    sustained[str(ep)] = lv
         if sustained:
             pooled = max(pooled, float(np.median(list(sustained.values()))))
+        for ep, lv in sustained.items():
+            # raise only: an endpoint's threshold is never below its own row quantile or the pool
+            thr = per_endpoint.get(ep, pooled)
+            if lv > thr:
+                per_endpoint[ep] = lv
+                raised.append(ep)
     return {
         "method": "budget",
         "target_rate": float(target_rate),

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
+from ocad_detectors.artifacts import IFOREST_FILE, IFOREST_MODEL_NAME, IFGroupSpec, IFMetadata, IForestArtifact
 from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names, model_matrix
-from ocad_detectors.registry import save_arrays
 from ocad_pipeline.models.iforest_export import export_isolation_forest
 from ocad_pipeline.training import json_safe
 from ocad_pipeline.training.calibration import DEFAULT_SUSTAIN_S, DEFAULT_TARGET_RATE, budget_calibration
@@ -53,11 +53,13 @@ __all__ = [
     "fit_group",
     "train_isolation_forest",
     "iforest_version_payload",
+    "iforest_artifact",
     "reference_stats_records",
 ]
 
-MODEL_NAME = "isolation_forest"
-FOREST_FILE = "forest.safetensors"
+#: the contract's model and file names (kept here for callers of this module)
+MODEL_NAME = IFOREST_MODEL_NAME
+FOREST_FILE = IFOREST_FILE
 #: groups with fewer normal training rows than this are skipped (with a reason in the result)
 MIN_TRAIN_ROWS = 20
 
@@ -170,17 +172,26 @@ class GroupModel:
     def arrays(self) -> dict[str, np.ndarray]:
         return export_isolation_forest(self.forest)
 
+    def spec(self) -> IFGroupSpec:
+        """This group's entry of the artifact contract (features, scaler, thresholds) plus its
+        training record (threshold method, calibration, CV) as ``info``."""
+        return IFGroupSpec(
+            key=self.group,
+            features=tuple(self.features),
+            scaler_mean=tuple(float(v) for v in self.scaler.mean),
+            scaler_std=tuple(float(v) for v in self.scaler.std),
+            threshold=float(self.threshold),
+            endpoint_thresholds=dict(self.calibration.get("per_endpoint", {})),
+            info=json_safe({
+                "threshold_method": self.threshold_method,
+                "calibration": self.calibration,
+                "n_train": int(self.n_train),
+                "cv": self.cv,
+            }),
+        )
+
     def metadata(self) -> dict[str, Any]:
-        return {
-            "features": list(self.features),
-            "scaler": self.scaler.to_dict(),
-            "threshold": float(self.threshold),
-            "threshold_method": self.threshold_method,
-            "endpoint_thresholds": dict(self.calibration.get("per_endpoint", {})),
-            "calibration": self.calibration,
-            "n_train": int(self.n_train),
-            "cv": self.cv,
-        }
+        return self.spec().to_dict()
 
 
 def _fit(X: np.ndarray, params: IsolationForestParams, seed: int | None = None) -> tuple[FeatureScaler, IsolationForest]:
@@ -256,6 +267,8 @@ def fit_group(
             params.target_rate, fallback=oof, fallback_source="out-of-fold scores of the normal training rows (k-fold CV)",
             times_ms=val["timestamp_ms"].to_numpy()[healthy] if len(Xv) and params.sustain_s > 0 else None,
             sustain_s=params.sustain_s if params.sustain_s > 0 else None,
+            fallback_times_ms=train.loc[normal, "timestamp_ms"].to_numpy() if params.sustain_s > 0 else None,
+            fallback_endpoints=train.loc[normal, "endpoint_id"].to_numpy() if params.sustain_s > 0 else None,
         )
         threshold = calibration["pooled"]
         method = f"budget: {params.target_rate:.2%} of {calibration['pooled_source']} above it ({calibration['pooled_rows']} rows)"
@@ -371,11 +384,19 @@ def iforest_version_payload(
     reference_stats: pd.DataFrame,
     provenance: Mapping[str, Any],
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """``(files, metadata)`` for ``ModelRegistry.write_version`` (the model artifact contract)."""
-    metadata: dict[str, Any] = {
-        "kind": "isolation_forest",
-        "feature_config": feature_config.to_dict(),
-        "groups": {g: m.metadata() for g, m in result.groups.items()},
+    """``(files, metadata)`` for ``ModelRegistry.write_version``, built and verified through the
+    artifact contract (:class:`ocad_detectors.artifacts.IForestArtifact`)."""
+    return iforest_artifact(result, feature_config, reference_stats, provenance).payload()
+
+
+def iforest_artifact(
+    result: IsolationForestTrainResult,
+    feature_config: FeatureConfig,
+    reference_stats: pd.DataFrame,
+    provenance: Mapping[str, Any],
+) -> IForestArtifact:
+    """The trained forests as a typed artifact: contract fields typed, the training record in ``info``."""
+    info: dict[str, Any] = {
         "score": "-score_samples((x - scaler.mean) / scaler.std); anomalous when score > threshold",
         "threshold_calibration": {
             "budget": f"to a false-alert budget: the {1 - result.params.target_rate:.2%} quantile of healthy validation "
@@ -385,7 +406,6 @@ def iforest_version_payload(
             "validation rows contain anomalies, else the threshold_quantile of normal validation scores",
             "quantile": "validation split only: threshold_quantile of normal validation scores",
         }[result.params.threshold_strategy],
-        "reference_stats": reference_stats_records(reference_stats),
         "training_date": provenance["training_date"],
         "config": result.params.to_dict(),
         "hyperparameters_source": provenance.get("hyperparameters_source", "defaults"),
@@ -397,4 +417,10 @@ def iforest_version_payload(
         "cv": {g: m.cv for g, m in result.groups.items()},
         "skipped_groups": dict(result.skipped),
     }
-    return {FOREST_FILE: save_arrays(result.arrays())}, json_safe(metadata)
+    metadata = IFMetadata(
+        feature_config=feature_config,
+        groups={g: m.spec() for g, m in result.groups.items()},
+        reference=ReferenceStats.from_records(reference_stats_records(reference_stats)),
+        info=json_safe(info),
+    )
+    return IForestArtifact(metadata, {g: m.arrays() for g, m in result.groups.items()})

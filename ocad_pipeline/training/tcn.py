@@ -37,6 +37,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ocad_detectors.artifacts import (
+    TCN_WEIGHTS_FILE,
+    ResidualScale,
+    Scaler as ScalerSpec,
+    TCNArchitecture,
+    TCNArtifact,
+    TCNMetadata,
+    tcn_model_name,
+)
 from ocad_detectors.registry import save_arrays
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES
 from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
@@ -57,18 +66,13 @@ __all__ = [
     "residual_scale",
     "tcn_model_name",
     "tcn_version_payload",
+    "tcn_artifact",
     "WEIGHTS_FILE",
 ]
 
-WEIGHTS_FILE = "weights.safetensors"
+#: the contract's file name (kept here for callers of this module)
+WEIGHTS_FILE = TCN_WEIGHTS_FILE
 _EVAL_BATCH = 8192
-
-
-def tcn_model_name(metric_type: str) -> str:
-    """Registry name of a metric type's forecaster, e.g. ``tcn_udp_echo``."""
-    if metric_type not in METRIC_TYPES:
-        raise ValueError(f"unknown metric type {metric_type!r}; expected one of {METRIC_TYPES}")
-    return f"tcn_{metric_type}"
 
 
 @dataclass(frozen=True)
@@ -374,7 +378,7 @@ def train_tcn(
                         group["lr"] = lr
             if log is not None:
                 log(
-                    f"tcn_{windows.metric_type} epoch {epoch}/{params.max_epochs}: train_loss={train_loss[-1]:.6f} "
+                    f"{tcn_model_name(windows.metric_type)} epoch {epoch}/{params.max_epochs}: train_loss={train_loss[-1]:.6f} "
                     f"val_loss={val_loss[-1]:.6f} best_epoch={best_epoch}{' *' if improved else ''} lr={lr:.2e}"
                 )
             if on_epoch is not None:
@@ -387,7 +391,7 @@ def train_tcn(
     epochs_run = len(train_loss)
     if log is not None:
         log(
-            f"tcn_{windows.metric_type}: {'early stop' if stopped_early else 'done'} after {epochs_run} epochs, "
+            f"{tcn_model_name(windows.metric_type)}: {'early stop' if stopped_early else 'done'} after {epochs_run} epochs, "
             f"restored best epoch {best_epoch} (val_loss={best_val:.6f}), {n} training windows, {per_epoch} per epoch"
         )
     return TCNTrainResult(
@@ -452,7 +456,7 @@ def residual_scale(
             per_endpoint[str(ep)] = sd
     pooled = float(resid.std()) if resid.size >= 2 else math.nan
     if not (math.isfinite(pooled) and pooled > 0):
-        raise ValueError(f"tcn_{windows.metric_type}: cannot estimate the residual scale from {resid.size} {split} windows")
+        raise ValueError(f"{tcn_model_name(windows.metric_type)}: cannot estimate the residual scale from {resid.size} {split} windows")
     eps_s = eps.astype(str)
     scale = np.array([per_endpoint.get(e, pooled) for e in eps_s.tolist()])
     calibration = budget_calibration(
@@ -471,19 +475,25 @@ def tcn_version_payload(
     provenance: Mapping[str, Any],
     forecast_report: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """``(files, metadata)`` for ``ModelRegistry.write_version`` (the model artifact contract).
+    """``(files, metadata)`` for ``ModelRegistry.write_version``, built and verified through the
+    artifact contract (:class:`ocad_detectors.artifacts.TCNArtifact`).
 
     ``provenance`` supplies ``training_date``, ``data_version``, ``dagster_run_id``,
     ``code_version`` and optionally ``hyperparameters_source`` (default ``"defaults"``).
     """
+    return tcn_artifact(result, windows, provenance, forecast_report).payload()
+
+
+def tcn_artifact(
+    result: TCNTrainResult,
+    windows: MetricWindows,
+    provenance: Mapping[str, Any],
+    forecast_report: Mapping[str, Mapping[str, float]] | None = None,
+) -> TCNArtifact:
+    """The trained forecaster as a typed artifact: contract fields typed, the training record
+    (provenance, config, metrics, learning curve) in ``info``."""
     report = dict(forecast_report) if forecast_report is not None else evaluate_forecasts(result, windows)
-    metadata: dict[str, Any] = {
-        "kind": "tcn",
-        "metric_type": result.metric_type,
-        "signal": METRIC_SIGNAL[result.metric_type],
-        "architecture": tcn_architecture(result.model),
-        "scaler": result.scaler.to_dict(),
-        "residual_scale": residual_scale(result, windows, "val", result.params.target_rate),
+    info: dict[str, Any] = {
         "training_date": provenance["training_date"],
         "config": result.params.to_dict(),
         "hyperparameters_source": provenance.get("hyperparameters_source", "defaults"),
@@ -506,4 +516,11 @@ def tcn_version_payload(
             "train_fitted": result.n_train_windows,  # after max_train_windows
         },
     }
-    return {WEIGHTS_FILE: result.weights_bytes()}, json_safe(metadata)
+    metadata = TCNMetadata(
+        metric_type=result.metric_type,
+        architecture=TCNArchitecture(**tcn_architecture(result.model)),
+        scaler=ScalerSpec(result.scaler.mean, result.scaler.std),
+        residual_scale=ResidualScale.from_dict(json_safe(residual_scale(result, windows, "val", result.params.target_rate))),
+        info=json_safe(info),
+    )
+    return TCNArtifact(metadata, result.weights())
