@@ -8,6 +8,7 @@ so the packages come from pip's usual indexes and cache (about 20 s when cached)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -48,9 +49,15 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for pkg in ("ocad_detectors", "ocad_pipeline"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    # this environment's pip installs into the new one: same indexes, same cache, no ensurepip
-    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", str(src)], timeout=600)
+    python = str(venv / "bin" / "python")
+    if importlib.util.find_spec("pip") is not None:
+        # this environment's pip installs into the new one: same indexes, same cache, no ensurepip
+        _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+        pip = [sys.executable, "-m", "pip", "--python", python]
+    else:  # an environment made without pip: the new venv brings its own
+        _run([sys.executable, "-m", "venv", str(venv)])
+        pip = [python, "-m", "pip"]
+    _run([*pip, "install", "-q", str(src)], timeout=600)
     return venv
 
 
