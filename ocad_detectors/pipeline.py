@@ -81,17 +81,13 @@ from ocad_detectors.residual import ResidualDetector
 from ocad_detectors.rules import RuleDetector
 from ocad_detectors.samples import (
     MAX_TIMESTAMP_MS,
-    SAMPLE_FIELDS,
     check_endpoint,
-    check_success,
     check_timestamp,
-    check_value,
     safe_repr,
-    unknown_fields_message,
-    validate_fields,
+    validate_frame,
     validate_sample,
 )
-from ocad_detectors.signals import METRIC_TYPES, VALUE_SIGNALS
+from ocad_detectors.signals import METRIC_TYPES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -581,14 +577,6 @@ class DetectionPipeline:
             return _BatchRun(self, frame, progress).run()
 
 
-def _column(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
-    """A column as raw values, exactly as :func:`~ocad_detectors.samples.iter_samples` yields them."""
-    if name not in frame.columns:
-        return np.full(n, None, dtype=object)
-    col = frame[name]
-    return col.to_numpy(dtype=object) if col.dtype == object else col.to_numpy()
-
-
 class _BatchRun:
     """One vectorized pass over a frame; mirrors ``DetectionPipeline._process`` exactly."""
 
@@ -600,142 +588,21 @@ class _BatchRun:
     # -------------------------------------------------------------- validation
 
     def _validate(self) -> None:
-        import pandas as pd
-
-        f = self.frame
-        n = self.n = len(f)
-        cols = set(map(str, f.columns))
-        missing = [c for c in ("timestamp_ms", "endpoint_id") if c not in cols]
-        if missing:
-            raise ValueError(f"frame lacks column(s) {missing}; columns are {sorted(cols)}")
-        if not any(s in cols for s in (*VALUE_SIGNALS, "lbm_success")):
-            raise ValueError(f"frame has no signal column ({', '.join((*VALUE_SIGNALS, 'lbm_success'))}); columns are {sorted(cols)}")
-        raw = {name: _column(f, name, n) for name in SAMPLE_FIELDS}
-        suspect = np.zeros(n, dtype=bool)
-        # unknown columns make every row invalid, exactly as unknown keys of a streamed mapping
-        unknown_msg = unknown_fields_message([c for c in f.columns if c not in SAMPLE_FIELDS])
-        if unknown_msg:
-            suspect[:] = True
-
-        # timestamps
-        tcol = raw["timestamp_ms"]
-        ts = np.zeros(n, dtype=np.int64)
-        if tcol.dtype.kind in "iu":
-            big = tcol > MAX_TIMESTAMP_MS  # also keeps uint64 beyond int64 from wrapping
-            ts = np.where(big, 0, tcol).astype(np.int64)
-            suspect |= (ts < 0) | big
-        elif tcol.dtype.kind == "f":
-            with np.errstate(invalid="ignore"):
-                ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (tcol <= MAX_TIMESTAMP_MS)
-            ts = np.where(ok, tcol, 0).astype(np.int64)
-            suspect |= ~ok
-        else:
-            for i, v in enumerate(tcol.tolist() if tcol.dtype == object else list(tcol)):
-                t, err = check_timestamp(v)
-                if err:
-                    suspect[i] = True
-                else:
-                    ts[i] = t
-        # endpoints: validate the distinct values only
-        ecol = raw["endpoint_id"]
-        eps = np.empty(n, dtype=object)
-        try:
-            codes, uniques = pd.factorize(ecol, use_na_sentinel=True)
-            uok = np.array([type(u) is str and bool(u.strip()) for u in uniques], dtype=bool)
-            good = (codes >= 0) & uok[np.maximum(codes, 0)] if len(uniques) else np.zeros(n, dtype=bool)
-            eps[good] = np.asarray(uniques, dtype=object)[codes[good]]
-            suspect |= ~good
-        except TypeError:
-            for i, v in enumerate(ecol.tolist()):
-                e, err = check_endpoint(v)
-                if err:
-                    suspect[i] = True
-                else:
-                    eps[i] = e
-        # signals
-        vals = []
-        for name in VALUE_SIGNALS:
-            v, bad = self._value_column(raw[name], name)
-            vals.append(v)
-            suspect |= bad
-        s, bad = self._success_column(raw["lbm_success"], f["lbm_success"] if "lbm_success" in cols else None)
-        suspect |= bad
-        ie = raw["input_error"]
-        if "input_error" in cols:
-            suspect |= ~pd.isna(ie)
-
-        self.status = np.full(n, "ok", dtype=object)
-        self.error: list[str | None] = [None] * n
-        self.ts_out: list[int | None] = ts.tolist()
-        self.ep_out: list[str | None] = eps.tolist()
-        u, c, lb = vals
-        for i in np.flatnonzero(suspect).tolist():
-            errors: list[str] = [unknown_msg] if unknown_msg else []
-            t, eid, tup = validate_fields(
-                raw["timestamp_ms"][i], raw["endpoint_id"][i], raw["udp_echo_rtt_ms"][i], raw["ecpri_ow_us"][i],
-                raw["lbm_rtt_ms"][i], raw["lbm_success"][i], raw["input_error"][i], errors,
-            )
-            self.ts_out[i] = t
-            self.ep_out[i] = eid
-            if tup is None:
-                self.status[i] = "invalid"
-                self.error[i] = "; ".join(errors)
-            else:
-                ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
+        chk = validate_frame(self.frame)  # the one vectorized validator (the reader's too)
+        self.n = chk.n
+        self.status = np.where(chk.valid, "ok", "invalid").astype(object)
+        self.error: list[str | None] = chk.error
+        self.ts_out: list[int | None] = chk.ts_out
+        self.ep_out: list[str | None] = chk.ep_out
+        ts = chk.ts
         limit = self.p._future_limit()
         for i in np.flatnonzero((self.status == "ok") & (ts > limit)).tolist():
             self.status[i] = "future"
             self.error[i] = _future_msg(int(ts[i]), limit)
         self.valid = self.status == "ok"
         self.ts = ts
-        self.eps = eps
-        self.u, self.c, self.lb, self.s = u, c, lb, s
-
-    @staticmethod
-    def _value_column(col: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Floats (NaN = missing) and a mask of rows that need the exact scalar check."""
-        from ocad_detectors.signals import SIGNALS
-
-        sig = SIGNALS[name]
-        n = len(col)
-        if col.dtype.kind in "fiu":
-            v = col.astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                bad = (v < sig.min_value) | (v > sig.max_value)
-            return v, bad
-        if col.dtype.kind == "b":
-            return np.full(n, np.nan), np.ones(n, dtype=bool)
-        out = np.full(n, np.nan)
-        bad = np.zeros(n, dtype=bool)
-        for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
-            f, err = check_value(name, x)
-            if err:
-                bad[i] = True
-            else:
-                out[i] = f
-        return out, bad
-
-    @staticmethod
-    def _success_column(col: np.ndarray, series: Any) -> tuple[np.ndarray, np.ndarray]:
-        import pandas as pd
-
-        n = len(col)
-        if series is not None and isinstance(series.dtype, pd.BooleanDtype):
-            return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(n, dtype=bool)
-        if col.dtype.kind == "b":
-            return col.astype(np.float64), np.zeros(n, dtype=bool)
-        if col.dtype.kind in "fiu":
-            v = col.astype(np.float64)
-            return v, ~(np.isnan(v) | (v == 0.0) | (v == 1.0))
-        out = np.full(n, np.nan)
-        bad = np.zeros(n, dtype=bool)
-        for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
-            f, err = check_success(x)
-            if err:
-                bad[i] = True
-            else:
-                out[i] = f
-        return out, bad
+        self.eps = chk.eps
+        self.u, self.c, self.lb, self.s = chk.values
 
     # -------------------------------------------------------------- ordering
 

@@ -1,4 +1,4 @@
-"""The sample type, its validation at the API boundary, and a lenient CSV/Parquet reader.
+"""The sample type and its validation at the API boundary, one sample or a whole frame at once.
 
 A sample is one probe round of one endpoint: ``(timestamp_ms, endpoint_id)`` plus values for any
 subset of the signals in :mod:`ocad_detectors.signals`. Validation never raises for bad data:
@@ -24,11 +24,12 @@ unknown key in a mapping         *invalid* (a typo such as ``udp_echo_rtt`` must
 
 All errors of one sample are reported together, joined by ``"; "``.
 
-Files (:func:`read_samples`): CSV cells are text, so the reader turns numeric text into numbers
-and true/false/1/0/yes/no into booleans for ``lbm_success``; any other text stays as read and
-makes that row invalid. Timestamps: epoch ms in a ``timestamp_ms`` column; in a ``timestamp``
-(``time``, ``ts``, ``datetime``) column numbers below 1e11 are epoch seconds, larger ones epoch
-milliseconds, and text is ISO 8601 (no zone = UTC).
+Files are read by :mod:`ocad_detectors.reader` (its module docstring states the rule of every
+field for files); :func:`read_samples` here is its lenient mode, as ``ocad-detect`` uses it.
+Frames are judged by :func:`validate_frame`, the one vectorized validator (``score_frame`` and
+both reader modes use it), whose verdicts and messages are those of :func:`validate_sample`.
+Delays are valid from 0 to ``Signal.max_value`` inclusive, in the streaming path, the frame
+validator, the reader and the pipeline's pandera schemas alike.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "check_timestamp",
     "check_units",
     "check_value",
+    "FrameCheck",
     "MAX_COLUMNS",
     "MAX_TIMESTAMP_MS",
     "detect_format",
@@ -63,7 +65,9 @@ __all__ = [
     "iter_samples",
     "long_to_wide",
     "read_samples",
+    "require_valid",
     "validate_fields",
+    "validate_frame",
     "validate_sample",
 ]
 
@@ -72,8 +76,6 @@ SIGNAL_ORDER: tuple[str, ...] = (*VALUE_SIGNALS, "lbm_success")
 #: every field a sample may carry (``input_error`` is set by readers for rows they could not parse)
 SAMPLE_FIELDS: tuple[str, ...] = ("timestamp_ms", "endpoint_id", *SIGNAL_ORDER, "input_error")
 _NAN = float("nan")
-_LONG_COLUMNS = ("metric_name", "value")
-_TIMESTAMP_CANDIDATES = ("timestamp_ms", "timestamp", "time", "ts", "datetime")
 #: 9999-12-31T23:59:59.999Z: no probe stamps later; larger values are garbage (2**63, 1e20)
 MAX_TIMESTAMP_MS = 253_402_300_799_999
 #: a file with more columns than this is refused before parsing (a header-only CSV with
@@ -233,29 +235,45 @@ _ValidTuple = tuple[int, str, float, float, float, float]
 
 
 def validate_fields(
-    ts: Any, ep: Any, udp: Any, ecpri: Any, lbm: Any, succ: Any, input_error: Any, errors: list[str]
+    ts: Any, ep: Any, udp: Any, ecpri: Any, lbm: Any, succ: Any, input_error: Any, errors: list[str],
+    fields: list[str] | None = None,
 ) -> tuple[int | None, str | None, _ValidTuple | None]:
-    """Check the fields of one sample, appending messages to ``errors``; (ts, endpoint, values or None)."""
+    """Check the fields of one sample, appending messages to ``errors`` (and, when given, the
+    failing field names to ``fields``); returns (ts, endpoint, values or None)."""
     t, e = check_timestamp(ts)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("timestamp_ms")
     eid, e = check_endpoint(ep)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("endpoint_id")
     u, e = check_value("udp_echo_rtt_ms", udp)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("udp_echo_rtt_ms")
     c, e = check_value("ecpri_ow_us", ecpri)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("ecpri_ow_us")
     lb, e = check_value("lbm_rtt_ms", lbm)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("lbm_rtt_ms")
     s, e = check_success(succ)
     if e:
         errors.append(e)
+        if fields is not None:
+            fields.append("lbm_success")
     if input_error is not None and not _is_na(input_error):
         errors.append(str(input_error))
+        if fields is not None:
+            fields.append("input_error")
     if errors:
         return t, eid, None
     return t, eid, (t, eid, u, c, lb, s)  # type: ignore[return-value]
@@ -299,144 +317,6 @@ def _validate_sample(sample: Any) -> tuple[_ValidTuple | None, int | None, str |
     return vals, t, eid, None
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def detect_format(columns: Any) -> str:
-    """``long`` when the frame has ``metric_name`` and ``value`` columns, else ``wide``."""
-    cols = set(columns)
-    return "long" if all(c in cols for c in _LONG_COLUMNS) else "wide"
-
-
-def _timestamp_column(columns: list[str]) -> str:
-    for c in _TIMESTAMP_CANDIDATES:
-        if c in columns:
-            return c
-    raise ValueError(f"no timestamp column: expected one of {list(_TIMESTAMP_CANDIDATES)}, columns are {columns}")
-
-
-def _timestamps_ms(col: pd.Series, auto_seconds: bool = True) -> np.ndarray:
-    """Epoch ms per row as Python ints where readable, else the raw value (the validator reports it).
-
-    With ``auto_seconds`` (any column name but ``timestamp_ms``) numbers below 1e11 are epoch
-    seconds, larger ones epoch milliseconds (the rule of :mod:`ocad_detectors.recorded`); text
-    is parsed as ISO 8601 (no zone = UTC).
-    """
-    import pandas as pd
-
-    if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(col.dtype):
-        # a datetime column (Parquet timestamp): its integers are ns (or another unit), not ms
-        dt = col.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(col.dtype, pd.DatetimeTZDtype) else col
-        ns = dt.astype("datetime64[ns]").to_numpy().view(np.int64)
-        na = dt.isna().to_numpy()
-        out = np.empty(len(col), dtype=object)
-        for i, (n, missing) in enumerate(zip(ns.tolist(), na.tolist())):
-            out[i] = None if missing else (n // 1_000_000 if n % 1_000_000 == 0 else n / 1e6)
-        return out
-    if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-        if col.dtype.kind == "u" and len(col) and col.max() > MAX_TIMESTAMP_MS:  # 20 digits: no int64
-            return col.to_numpy(dtype=object)
-        v = col.to_numpy(dtype=np.int64)
-        return np.where(np.abs(v) < 100_000_000_000, v * 1000, v) if auto_seconds else v
-    raw = col.to_numpy(dtype=object)
-    out = raw.copy()
-    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    is_num = np.isfinite(num)
-    if is_num.any():
-        idx = np.flatnonzero(is_num)
-        v = num[idx]
-        ms = np.where(np.abs(v) < 1e11, v * 1000.0, v) if auto_seconds else v
-        integral = ms == np.floor(ms)
-        for i, m, ok in zip(idx.tolist(), ms.tolist(), integral.tolist()):
-            # a fractional millisecond (or one beyond any date) stays a float: reported invalid
-            out[i] = int(m) if ok and abs(m) <= MAX_TIMESTAMP_MS else m
-    text = ~is_num & np.array([isinstance(x, str) for x in raw], dtype=bool)
-    if text.any():
-        parsed = pd.to_datetime(pd.Series(raw[text]).astype(str), errors="coerce", utc=True, format="ISO8601")
-        ok = parsed.notna().to_numpy()
-        ns = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
-        for j, i in enumerate(np.flatnonzero(text).tolist()):
-            if ok[j] and ns[j] % 1_000_000 == 0:
-                out[i] = int(ns[j] // 1_000_000)
-    return out
-
-
-_TRUE = {"true", "1", "1.0", "yes", "t"}
-_FALSE = {"false", "0", "0.0", "no", "f"}
-
-
-def _parse_text(values: np.ndarray, success: bool) -> np.ndarray:
-    """CSV cells are text: parse numbers (or booleans for ``lbm_success``) where the text is one,
-    keep any other cell as it was read so the validator reports it."""
-    import pandas as pd
-
-    out = np.asarray(values, dtype=object).copy()
-    is_text = np.array([isinstance(x, str) for x in out], dtype=bool)
-    if not is_text.any():
-        return out
-    idx = np.flatnonzero(is_text)
-    text = pd.Series(out[idx]).str.strip()
-    if success:
-        low = text.str.lower()
-        for i, t in zip(idx.tolist(), low.tolist()):
-            if t in _TRUE:
-                out[i] = True
-            elif t in _FALSE:
-                out[i] = False
-        return out
-    num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    for i, x in zip(idx.tolist(), num.tolist()):
-        if x == x:
-            out[i] = x
-    return out
-
-
-def long_to_wide(df: pd.DataFrame, timestamp_column: str = "timestamp_ms") -> pd.DataFrame:
-    """Pivot long rows (timestamp, endpoint_id, metric_name, value) into wide samples.
-
-    One sample per (timestamp, endpoint) in order of first appearance. A metric repeated for
-    the same (timestamp, endpoint) starts a second sample with the same timestamp, which the
-    detector then reports as a duplicate. Rows with an unknown ``metric_name`` make their
-    sample invalid (``input_error`` names the metric) instead of being dropped silently.
-    """
-    import pandas as pd
-
-    d = pd.DataFrame(
-        {
-            "ts": df[timestamp_column].to_numpy(dtype=object),
-            "ep": df["endpoint_id"].to_numpy(dtype=object),
-            "metric": df["metric_name"].to_numpy(dtype=object),
-            "value": df["value"].to_numpy(dtype=object),
-        }
-    )
-    # group keys must be hashable and comparable: use their repr for odd objects
-    keys = d[["ts", "ep", "metric"]].astype(str)
-    occ = keys.groupby(["ts", "ep", "metric"], sort=False, dropna=False).cumcount().to_numpy()
-    keys["occ"] = occ
-    code = keys.groupby(["ts", "ep", "occ"], sort=False, dropna=False).ngroup().to_numpy()
-    n = int(code.max()) + 1 if len(code) else 0
-    first = np.full(n, -1, dtype=np.int64)
-    order = np.arange(len(code))[::-1]
-    first[code[order]] = order  # last write wins: the smallest row index
-    out: dict[str, Any] = {
-        "timestamp_ms": d["ts"].to_numpy()[first] if n else np.array([], dtype=object),
-        "endpoint_id": d["ep"].to_numpy()[first] if n else np.array([], dtype=object),
-    }
-    metric = d["metric"].to_numpy()
-    value = d["value"].to_numpy()
-    for sig in SIGNAL_ORDER:
-        col = np.full(n, None, dtype=object)
-        sel = np.flatnonzero(metric == sig)
-        col[code[sel]] = value[sel]
-        out[sig] = col
-    errs = np.full(n, None, dtype=object)
-    bad = np.flatnonzero(~np.isin(metric, SIGNAL_ORDER))
-    for i in bad.tolist():
-        msg = f"metric_name: unknown metric {metric[i]!r}; known: {', '.join(SIGNAL_ORDER)}"
-        errs[code[i]] = msg if errs[code[i]] is None else errs[code[i]] + "; " + msg
-    out["input_error"] = errs
-    return pd.DataFrame(out)
-
 
 def require_valid(sample: Any) -> tuple:
     """``(timestamp_ms, endpoint_id, udp, ecpri, lbm_rtt, lbm_success)`` of a valid sample, for
@@ -447,92 +327,204 @@ def require_valid(sample: Any) -> tuple:
     return vals
 
 
-def _endpoint_ids(col: pd.Series) -> np.ndarray:
-    """Endpoint ids as text: a numeric id column (RIPE Atlas probe ids like 11119, read as
-    numbers by CSV and Parquet) is an id, not a value; integral floats lose their ``.0``."""
-    out = col.to_numpy(dtype=object).copy()
-    for i, v in enumerate(out.tolist()):
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int):
-            out[i] = str(v)
-        elif isinstance(v, float) and v == v and abs(v) < 2**53 and v == int(v):
-            out[i] = str(int(v))
-    return out
+# ----------------------------------------------------------------------------- frames
 
 
-def _blank_missing(values: np.ndarray, sentinels: Sequence[float]) -> np.ndarray:
-    """Cells equal to a "no reply" code become NaN (a missing reply); others stay as read."""
-    if not sentinels:
-        return values
-    codes = {float(x) for x in sentinels}
-    out = np.asarray(values, dtype=object).copy()
-    for i, v in enumerate(out.tolist()):
-        if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and -(2**53) < v < 2**53):
-            if float(v) in codes:
-                out[i] = float("nan")
-    return out
+@dataclass(slots=True)
+class FrameCheck:
+    """The verdict of :func:`validate_frame` on every row of a wide frame.
+
+    ``valid`` and ``error`` are exactly what :func:`validate_sample` says about each row as
+    :func:`iter_samples` yields it; ``ts``/``eps``/``values`` hold the normalized values of the
+    valid rows (``values``: udp, ecpri, lbm_rtt, lbm_success as floats, NaN = missing).
+    """
+
+    valid: np.ndarray
+    error: list[str | None]
+    ts: np.ndarray
+    eps: np.ndarray
+    values: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    #: what could be read of each row's timestamp / endpoint (for results of invalid rows)
+    ts_out: list[int | None]
+    ep_out: list[str | None]
+    #: invalid row -> ``(field, message)`` of each failure, in the order of ``error``; field is
+    #: ``timestamp_ms``, ``endpoint_id``, a signal, ``input_error`` or ``unknown_fields``
+    bad_fields: dict[int, tuple[tuple[str, str], ...]]
+
+    @property
+    def n(self) -> int:
+        return len(self.valid)
 
 
-def _apply_units(values: np.ndarray, units: np.ndarray | str | None, signal: str) -> tuple[np.ndarray, np.ndarray]:
-    """Convert numeric cells from ``units`` (per row or one for the column) to ``signal``'s own
-    unit (ms, µs); returns the values and a per-row error text (None where fine)."""
-    from ocad_detectors.recorded import UNIT_FACTORS
-
-    target_ms = {"ms": 1.0, "us": 1e-3}[SIGNALS[signal].unit]
-    out = np.asarray(values, dtype=object).copy()
-    errs = np.full(len(out), None, dtype=object)
-    if units is None:
-        return out, errs
-    per_row = np.broadcast_to(np.asarray(units, dtype=object), (len(out),))
-    for i in range(len(out)):
-        u = per_row[i]
-        if u is None or (isinstance(u, float) and u != u) or u == "":
-            continue
-        u = str(u).strip()
-        if u not in UNIT_FACTORS:
-            errs[i] = f"{signal}: unknown unit {u!r}; known: {', '.join(UNIT_FACTORS)}"
-            continue
-        v = out[i]
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[i] = float(v) * UNIT_FACTORS[u] / target_ms
-    return out, errs
+def _column(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
+    """A column as raw values, exactly as :func:`iter_samples` yields them."""
+    if name not in frame.columns:
+        return np.full(n, None, dtype=object)
+    col = frame[name]
+    return col.to_numpy(dtype=object) if col.dtype == object else col.to_numpy()
 
 
-def _header_columns(p: Path) -> list[str] | None:
-    """Column names from the file's header / schema without reading the data, refusing more
-    than :data:`MAX_COLUMNS` (None when the header cannot be read: the parser reports it)."""
-    import csv
+def _value_column(col: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Floats (NaN = missing) and a mask of rows that need the exact scalar check."""
+    sig = SIGNALS[name]
+    n = len(col)
+    if col.dtype.kind in "fiu":
+        v = col.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = (v < sig.min_value) | (v > sig.max_value)
+        return v, bad
+    if col.dtype.kind == "b":
+        return np.full(n, np.nan), np.ones(n, dtype=bool)
+    out = np.full(n, np.nan)
+    bad = np.zeros(n, dtype=bool)
+    for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
+        f, err = check_value(name, x)
+        if err:
+            bad[i] = True
+        else:
+            out[i] = f
+    return out, bad
 
-    if p.suffix.lower() == ".csv":
-        try:
-            with open(p, newline="", encoding="utf-8", errors="replace") as fh:
-                first = fh.readline(1 << 22)  # 4 MiB is far more than any sane header
-        except OSError:
-            return None
-        if len(first) >= 1 << 22 or first.count(",") >= MAX_COLUMNS:
-            raise ValueError(f"{p}: more than {MAX_COLUMNS} columns in the header; not a samples file")
-        return next(csv.reader([first]), [])
+
+def _success_column(col: np.ndarray, series: Any) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    n = len(col)
+    if series is not None and isinstance(series.dtype, pd.BooleanDtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(n, dtype=bool)
+    if col.dtype.kind == "b":
+        return col.astype(np.float64), np.zeros(n, dtype=bool)
+    if col.dtype.kind in "fiu":
+        v = col.astype(np.float64)
+        return v, ~(np.isnan(v) | (v == 0.0) | (v == 1.0))
+    out = np.full(n, np.nan)
+    bad = np.zeros(n, dtype=bool)
+    for i, x in enumerate(col.tolist() if col.dtype == object else list(col)):
+        f, err = check_success(x)
+        if err:
+            bad[i] = True
+        else:
+            out[i] = f
+    return out, bad
+
+
+def validate_frame(frame: pd.DataFrame) -> FrameCheck:
+    """Validate every row of a wide frame at once, with the verdicts of :func:`validate_sample`.
+
+    The one vectorized validator: ``DetectionPipeline.score_frame`` and both modes of
+    :mod:`ocad_detectors.reader` use it. Typed columns are checked with array operations; only
+    rows that look suspect go through the scalar checks (so every message is the streaming
+    one). Raises ``ValueError`` when ``timestamp_ms`` or ``endpoint_id`` is missing or no
+    signal column exists (the frame is not a samples frame at all).
+    """
+    import pandas as pd
+
+    f = frame
+    n = len(f)
+    cols = set(map(str, f.columns))
+    missing = [c for c in ("timestamp_ms", "endpoint_id") if c not in cols]
+    if missing:
+        raise ValueError(f"frame lacks column(s) {missing}; columns are {sorted(cols)}")
+    if not any(s in cols for s in SIGNAL_ORDER):
+        raise ValueError(f"frame has no signal column ({', '.join(SIGNAL_ORDER)}); columns are {sorted(cols)}")
+    raw = {name: _column(f, name, n) for name in SAMPLE_FIELDS}
+    suspect = np.zeros(n, dtype=bool)
+    # unknown columns make every row invalid, exactly as unknown keys of a streamed mapping
+    unknown_msg = unknown_fields_message([c for c in f.columns if c not in SAMPLE_FIELDS])
+    if unknown_msg:
+        suspect[:] = True
+
+    # timestamps
+    tcol = raw["timestamp_ms"]
+    ts = np.zeros(n, dtype=np.int64)
+    if tcol.dtype.kind in "iu":
+        big = tcol > MAX_TIMESTAMP_MS  # also keeps uint64 beyond int64 from wrapping
+        ts = np.where(big, 0, tcol).astype(np.int64)
+        suspect |= (ts < 0) | big
+    elif tcol.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(tcol) & (tcol == np.floor(tcol)) & (tcol >= 0) & (tcol <= MAX_TIMESTAMP_MS)
+        ts = np.where(ok, tcol, 0).astype(np.int64)
+        suspect |= ~ok
+    else:
+        for i, v in enumerate(tcol.tolist() if tcol.dtype == object else list(tcol)):
+            t, err = check_timestamp(v)
+            if t is None:
+                suspect[i] = True
+            else:
+                ts[i] = t
+    # endpoints: validate the distinct values only
+    ecol = raw["endpoint_id"]
+    eps = np.empty(n, dtype=object)
     try:
-        import pyarrow.parquet as pq
+        codes, uniques = pd.factorize(ecol, use_na_sentinel=True)
+        uok = np.array([type(u) is str and bool(u.strip()) for u in uniques], dtype=bool)
+        good = (codes >= 0) & uok[np.maximum(codes, 0)] if len(uniques) else np.zeros(n, dtype=bool)
+        eps[good] = np.asarray(uniques, dtype=object)[codes[good]]
+        suspect |= ~good
+    except TypeError:
+        for i, v in enumerate(ecol.tolist()):
+            e, err = check_endpoint(v)
+            if err:
+                suspect[i] = True
+            else:
+                eps[i] = e
+    # signals
+    vals = []
+    for name in VALUE_SIGNALS:
+        v, bad = _value_column(raw[name], name)
+        vals.append(v)
+        suspect |= bad
+    s, bad = _success_column(raw["lbm_success"], f["lbm_success"] if "lbm_success" in cols else None)
+    suspect |= bad
+    ie = raw["input_error"]
+    if "input_error" in cols:
+        suspect |= ~pd.isna(ie)
 
-        names = list(pq.read_schema(p).names)
-    except Exception:
-        return None
-    if len(names) > MAX_COLUMNS:
-        raise ValueError(f"{p}: {len(names)} columns, more than {MAX_COLUMNS}; not a samples file")
-    return names
+    valid = np.ones(n, dtype=bool)
+    error: list[str | None] = [None] * n
+    ts_out: list[int | None] = list(ts.tolist())
+    ep_out: list[str | None] = list(eps.tolist())
+    bad_fields: dict[int, tuple[tuple[str, str], ...]] = {}
+    u, c, lb = vals
+    for i in np.flatnonzero(suspect).tolist():
+        errors: list[str] = [unknown_msg] if unknown_msg else []
+        fields: list[str] = ["unknown_fields"] if unknown_msg else []
+        t, eid, tup = validate_fields(
+            raw["timestamp_ms"][i], raw["endpoint_id"][i], raw["udp_echo_rtt_ms"][i], raw["ecpri_ow_us"][i],
+            raw["lbm_rtt_ms"][i], raw["lbm_success"][i], raw["input_error"][i], errors, fields,
+        )
+        ts_out[i] = t
+        ep_out[i] = eid
+        if tup is None:
+            valid[i] = False
+            error[i] = "; ".join(errors)
+            bad_fields[i] = tuple(zip(fields, errors))
+        else:
+            ts[i], eps[i], u[i], c[i], lb[i], s[i] = tup
+    return FrameCheck(valid, error, ts, eps, (u, c, lb, s), ts_out, ep_out, bad_fields)
 
 
-def check_units(units: Mapping[str, str]) -> None:
-    """``ValueError`` naming a unit or signal that ``--unit`` cannot mean."""
-    from ocad_detectors.recorded import UNIT_FACTORS
+def iter_samples(frame: pd.DataFrame) -> Iterator[Sample]:
+    """The rows of a wide frame as :class:`Sample` objects, values exactly as stored (no coercion).
 
-    for sig, unit in units.items():
-        if sig not in VALUE_SIGNALS:
-            raise ValueError(f"unit given for {sig!r}, which is not a delay signal; known: {', '.join(VALUE_SIGNALS)}")
-        if str(unit).strip() not in UNIT_FACTORS:
-            raise ValueError(f"unknown unit {unit!r} for {sig}; known: {', '.join(UNIT_FACTORS)}")
+    Streaming these through ``DetectionPipeline.process`` gives the same results as scoring the
+    frame in batch. Absent signal columns become ``None``.
+    """
+    n = len(frame)
+    cols: list[Any] = []
+    for name in SAMPLE_FIELDS:
+        if name in frame.columns:
+            cols.append(frame[name].to_numpy(dtype=object) if frame[name].dtype == object else frame[name].to_numpy())
+        else:
+            cols.append([None] * n)
+    for row in zip(*cols):
+        yield Sample(*row)
+
+
+# ----------------------------------------------------------------------------- files
+# The reader lives in :mod:`ocad_detectors.reader`; these keep the names ``ocad-detect`` and
+# older callers use.
 
 
 def read_samples(
@@ -543,144 +535,41 @@ def read_samples(
     strict: bool = False,
     missing_values: Sequence[float] = (),
 ) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a wide frame, one row per sample, in file order.
+    """A CSV or Parquet file as ``ocad-detect`` reads it: the lenient mode of
+    :func:`ocad_detectors.reader.read_samples`, one row per sample, bad cells kept as read.
 
-    ``missing_values``: raw codes a probe writes for "no reply" (RIPE Atlas: -3, -4); a delay
-    cell equal to one of them (before unit conversion) is a missing reply, not an error.
-
-    ``signal_map`` renames other column / metric names to OCAD signals (e.g.
-    ``{"rtt": "udp_echo_rtt_ms"}``); ``units`` gives the unit of wide columns (``ns, us, ms, s``)
-    and long files may carry a ``unit`` column: values are converted to each signal's own unit,
-    the same rules as :mod:`ocad_detectors.recorded` (the pipeline's reader).
-
-    Lenient on purpose (unlike :mod:`ocad_detectors.recorded`, which rejects a bad file): a
-    bad cell stays in the frame as it was read and becomes an ``invalid`` result, so every
-    sample in the file yields exactly one result. Columns of the returned frame:
-    ``timestamp_ms`` (ints where readable), ``endpoint_id``, the four signals, ``input_error``.
-    Raises ``ValueError`` for an unreadable file or one without timestamp / endpoint columns,
-    duplicate column names, more than :data:`MAX_COLUMNS` columns, unknown ``units``, and
-    (with ``strict``) columns it does not know; without ``strict`` those are listed in
-    ``frame.attrs["ignored_columns"]`` for the caller to warn about.
+    Columns: ``timestamp_ms``, ``endpoint_id``, the four signals, ``input_error``. Unknown
+    columns are listed in ``frame.attrs["ignored_columns"]`` (``strict``: a ``ValueError``).
+    Raises ``ValueError`` for a file that cannot be a samples file (see the reader).
     """
-    import pandas as pd
+    from ocad_detectors.reader import ReadOptions
+    from ocad_detectors.reader import read_samples as read
 
-    p = Path(path)
-    suffix = p.suffix.lower()
-    header = _header_columns(p) if suffix in (".csv", ".parquet", ".pq") else None
-    if header is not None:
-        dups = sorted({c for c in header if header.count(c) > 1})
-        if dups:
-            raise ValueError(f"{p}: duplicate column(s) {dups}; which one holds the data is ambiguous")
-    if suffix == ".csv":
-        raw = pd.read_csv(p, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null", "None"], low_memory=False)
-    elif suffix in (".parquet", ".pq"):
-        raw = pd.read_parquet(p)
-    else:
-        raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
-    signal_map = dict(signal_map or {})
-    bad_map = {k: v for k, v in signal_map.items() if v not in SIGNAL_ORDER}
-    if bad_map:
-        raise ValueError(f"signal_map targets unknown signals {bad_map}; known: {list(SIGNAL_ORDER)}")
-    cols = [signal_map.get(str(c), str(c)) for c in raw.columns]
-    if len(set(cols)) != len(cols):
-        dups = sorted({c for c in cols if cols.count(c) > 1})
-        raise ValueError(f"{p}: duplicate column(s) {dups} (after --signal-map); which one holds the data is ambiguous")
-    raw.columns = cols
-    units = {signal_map.get(k, k): v for k, v in (units or {}).items()}
-    check_units(units)
-    if fmt not in ("auto", "wide", "long"):
-        raise ValueError(f"format must be auto, wide or long, got {fmt!r}")
-    if fmt == "auto":
-        fmt = detect_format(cols)
-    ts_col = _timestamp_column(cols)
-    known = {ts_col, "endpoint_id", "input_error", *(("metric_name", "value", "unit") if fmt == "long" else SIGNAL_ORDER)}
-    ignored = [c for c in cols if c not in known]
-    if ignored:
-        hints = []
-        for c in ignored:
-            near = c.strip().lower()
-            match = next((k for k in sorted(known) if k == near or (len(near) > 4 and (k.startswith(near) or near.startswith(k)))), None)
-            hints.append(f"{c!r}" + (f" (did you mean {match!r}?)" if match else ""))
-        msg = f"{p}: unknown column(s) {', '.join(hints)}; known: {', '.join(sorted(known))} (use --signal-map NAME=SIGNAL)"
-        if strict:
-            raise ValueError(msg)
-    else:
-        msg = None
-    if "endpoint_id" not in cols:
-        raise ValueError(f"{p}: no endpoint_id column; columns are {cols}")
-    raw = raw.assign(endpoint_id=_endpoint_ids(raw["endpoint_id"]))
-    if fmt == "long":
-        missing = [c for c in _LONG_COLUMNS if c not in cols]
-        if missing:
-            raise ValueError(f"{p}: long format needs columns {list(_LONG_COLUMNS)}; missing {missing}")
-        raw = raw.copy()
-        raw[ts_col] = _timestamps_ms(raw[ts_col], ts_col != "timestamp_ms")
-        if signal_map:
-            raw["metric_name"] = [signal_map.get(str(m), m) for m in raw["metric_name"].to_numpy(dtype=object)]
-        unit_errs = np.full(len(raw), None, dtype=object)
-        if "unit" in cols or units:
-            metric = raw["metric_name"].to_numpy(dtype=object)
-            vals = _blank_missing(_parse_text(raw["value"].to_numpy(dtype=object), False), missing_values)
-            per_row = raw["unit"].to_numpy(dtype=object) if "unit" in cols else np.full(len(raw), None, dtype=object)
-            for sig in VALUE_SIGNALS:
-                sel = np.flatnonzero(metric == sig)
-                if len(sel):
-                    u = per_row[sel].copy()
-                    if sig in units:
-                        u = np.where(pd.isna(u), units[sig], u)
-                    conv, errs = _apply_units(vals[sel], u, sig)
-                    vals[sel] = conv
-                    unit_errs[sel] = errs
-            raw["value"] = vals
-        wide = long_to_wide(raw, ts_col)
-        # a long file's row order says nothing about sample order (a sample is spread over
-        # rows, and a signal missing at one time shifts its "first appearance"): order samples
-        # by time, stably; unreadable timestamps go last and are reported invalid there
-        key = np.array([t if isinstance(t, int) and not isinstance(t, bool) else np.inf for t in wide["timestamp_ms"].tolist()], dtype=float)
-        wide = wide.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
-        for sig in SIGNAL_ORDER:
-            wide[sig] = _parse_text(wide[sig].to_numpy(dtype=object), sig == "lbm_success")
-            if sig != "lbm_success":
-                wide[sig] = _blank_missing(wide[sig].to_numpy(dtype=object), missing_values)
-        if any(e is not None for e in unit_errs):
-            # a row with an unknown unit makes its sample invalid, naming the unit
-            for i in np.flatnonzero([e is not None for e in unit_errs]).tolist():
-                m = (wide["timestamp_ms"].to_numpy(dtype=object) == raw[ts_col].iloc[i]) & (wide["endpoint_id"].to_numpy(dtype=object) == raw["endpoint_id"].iloc[i])
-                for j in np.flatnonzero(m).tolist():
-                    wide.at[j, "input_error"] = unit_errs[i] if wide.at[j, "input_error"] is None else f"{wide.at[j, 'input_error']}; {unit_errs[i]}"
-        wide.attrs["ignored_columns"] = msg
-        return wide
-    present = [s for s in SIGNAL_ORDER if s in cols]
-    if not present:
-        raise ValueError(f"{p}: wide format needs at least one signal column of {list(SIGNAL_ORDER)}; columns are {cols}")
-    out = pd.DataFrame({"timestamp_ms": _timestamps_ms(raw[ts_col], ts_col != "timestamp_ms"), "endpoint_id": raw["endpoint_id"].to_numpy(dtype=object)})
-    for s in SIGNAL_ORDER:
-        if s in cols:
-            col = raw[s]
-            out[s] = _parse_text(col.to_numpy(dtype=object), s == "lbm_success") if col.dtype == object else col.to_numpy()
-            if s != "lbm_success" and missing_values:
-                out[s] = _blank_missing(out[s].to_numpy(dtype=object), missing_values)
-            if s in units and s != "lbm_success":
-                out[s], _ = _apply_units(out[s].to_numpy(dtype=object), units[s], s)
-        else:
-            out[s] = np.full(len(raw), np.nan)
-    out["input_error"] = raw["input_error"].to_numpy(dtype=object) if "input_error" in cols else None
-    out.attrs["ignored_columns"] = msg
-    return out
+    opts = ReadOptions(
+        format=fmt, signal_map=dict(signal_map or {}), units=dict(units or {}), missing_values=tuple(missing_values), keep_columns=()
+    )
+    frame, report = read(path, opts, mode="lenient")
+    if strict and report["ignored_columns"]:
+        raise ValueError(report["ignored_columns"])
+    return frame
 
 
-def iter_samples(frame: pd.DataFrame) -> Iterator[Sample]:
-    """The rows of a wide frame as :class:`Sample` objects, values exactly as stored (no coercion).
+def long_to_wide(df: pd.DataFrame, timestamp_column: str = "timestamp_ms") -> pd.DataFrame:
+    """See :func:`ocad_detectors.reader.long_to_wide`."""
+    from ocad_detectors.reader import long_to_wide as pivot
 
-    Streaming these through ``DetectionPipeline.process`` gives the same results as scoring the
-    frame in batch. Absent signal columns become ``None``.
-    """
-    n = len(frame)
-    cols = []
-    for name in SAMPLE_FIELDS:
-        if name in frame.columns:
-            cols.append(frame[name].to_numpy(dtype=object) if frame[name].dtype == object else frame[name].to_numpy())
-        else:
-            cols.append([None] * n)
-    for row in zip(*cols):
-        yield Sample(*row)
+    return pivot(df, timestamp_column)
+
+
+def detect_format(columns: Any) -> str:
+    """``long`` when the frame has ``metric_name`` and ``value`` columns, else ``wide``."""
+    from ocad_detectors.reader import detect_format as detect
+
+    return detect(columns)
+
+
+def check_units(units: Mapping[str, str]) -> None:
+    """``ValueError`` naming a unit or signal that ``--unit`` cannot mean."""
+    from ocad_detectors.reader import check_units as check
+
+    check(units)

@@ -1,7 +1,9 @@
 """Recorded measurements as the pipeline's raw data: samples, endpoints, labels and incidents.
 
-Reading and unit handling live in :mod:`ocad_detectors.recorded` (``ocad-detect`` reads the same
-formats). This module adds what training needs: pandera validation of every row (all problems
+Reading, unit handling and the value rules live in :mod:`ocad_detectors.reader` (strict mode,
+via :mod:`ocad_detectors.recorded`; ``ocad-detect`` reads the same files with the same rules in
+lenient mode). This module adds what training needs: pandera validation of every row (the same
+ranges as the reader: a delay from 0 to the probe timeout, both included; all problems
 at once, each named by file, row and column), optional labels (a label column or a separate
 labels file, per sample or as start/end windows with an optional ``outage_start``; any non-empty
 anomaly type), capabilities inferred from the signals each
@@ -52,7 +54,10 @@ def _row_schema() -> pa.DataFrameSchema:
         sig = SIGNALS[s]
         cols[s] = pa.Column(
             float,
-            [pa.Check.gt(sig.min_value, error=f"{s} must be > 0 {sig.unit}"), pa.Check.le(sig.max_value, error=f"{s} above {sig.max_value:g} {sig.unit}")],
+            [
+                pa.Check.ge(sig.min_value, error=f"{s} must be >= {sig.min_value:g} {sig.unit}"),
+                pa.Check.le(sig.max_value, error=f"{s} above {sig.max_value:g} {sig.unit}"),
+            ],
             nullable=True,
             required=False,
         )

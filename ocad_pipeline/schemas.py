@@ -1,7 +1,10 @@
 """pandera schemas for every table the pipeline writes, and one way to report their failures.
 
 Ranges are given in each signal's own unit (ms or µs): a µs value in a ms column, or the
-reverse, is the kind of mistake these schemas exist to catch.
+reverse, is the kind of mistake these schemas exist to catch. A delay is valid from 0 (a reply
+below the probe's resolution) to the signal's ``max_value`` (the probe timeout), both included:
+the rule of :mod:`ocad_detectors.reader` and of the streaming validator, so training accepts
+exactly the values serving scores.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ class DataValidationError(ValueError):
 
 def _range(sig: str, nullable: bool = True) -> pa.Column:
     s = SIGNALS[sig]
-    # a delay is strictly positive; the upper bound is where a probe would have timed out
+    # a delay is >= 0 (0: below the probe's resolution); the upper bound is the probe timeout
     return pa.Column(
         float,
-        checks=[pa.Check.gt(s.min_value), pa.Check.le(s.max_value)],
+        checks=[pa.Check.ge(s.min_value), pa.Check.le(s.max_value)],
         nullable=nullable,
         description=f"{s.description} [{s.unit}]",
     )
@@ -125,7 +128,7 @@ REFERENCE_STATS = pa.DataFrameSchema(
     {
         "endpoint_id": pa.Column(str),
         "signal": pa.Column(str, pa.Check.isin(list(METRIC_SIGNAL.values()))),
-        "mean": pa.Column(float, pa.Check.gt(0)),
+        "mean": pa.Column(float, pa.Check.ge(0)),
         "std": pa.Column(float, pa.Check.gt(0)),
         "n": pa.Column("int64", pa.Check.ge(2)),
     },
@@ -141,7 +144,7 @@ def _target_in_unit_range(df: pd.DataFrame) -> pd.Series:
         s = SIGNALS[sig]
         sel = df["metric_type"] == m
         t = df.loc[sel, "target"]
-        ok.loc[sel] = t.isna() | ((t > s.min_value) & (t <= s.max_value))
+        ok.loc[sel] = t.isna() | ((t >= s.min_value) & (t <= s.max_value))
     return ok
 
 
@@ -155,7 +158,7 @@ def timeseries_schema(sequence_length: int) -> pa.DataFrameSchema:
             a = np.asarray(v, dtype=float)
         except (TypeError, ValueError):
             return False
-        return bool(np.all(np.isnan(a) | ((a > 0) & (a <= 10_000_000.0))))
+        return bool(np.all(np.isnan(a) | ((a >= 0) & (a <= 10_000_000.0))))
 
     def seq_ok(seq: pd.Series) -> pd.Series:
         # vectorized: the sequences of the right length glued into one (n, L) matrix (a per-row
@@ -169,7 +172,7 @@ def timeseries_schema(sequence_length: int) -> pa.DataFrameSchema:
         if len(sel):
             try:
                 a = np.concatenate([np.asarray(v).ravel() for v in vals[sel]]).astype(float).reshape(len(sel), sequence_length)
-                out[sel] = np.all(np.isnan(a) | ((a > 0) & (a <= 10_000_000.0)), axis=1)
+                out[sel] = np.all(np.isnan(a) | ((a >= 0) & (a <= 10_000_000.0)), axis=1)
             except (TypeError, ValueError):
                 out[sel] = [one(v) for v in vals[sel]]
         return pd.Series(out, index=seq.index)
@@ -213,7 +216,7 @@ def multivariate_schema() -> pa.DataFrameSchema:
             elif name.endswith("_cusum"):
                 checks = [pa.Check.ge(0.0)]
             elif name.endswith(("_p95", "_p99", "_ewma")):
-                checks = [pa.Check.gt(0.0)]
+                checks = [pa.Check.ge(0.0)]
             cols[name] = pa.Column(float, checks=checks, nullable=True)
     cols["lbm_fail_runlen"] = pa.Column(float, pa.Check.ge(0.0), nullable=True)
     cols["lbm_fail_ratio"] = pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True)
