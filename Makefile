@@ -11,16 +11,18 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@# pip's notes about local wheel folders are noise here; real errors still fail the step
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(BIN)/pip install -q -e '.[train,dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv and install OCAD with its test extras
+setup: $(VENV)/.installed ## create .venv and install OCAD with the training stack and the test tools
 
 run: setup ## materialize every asset (embedded SQLite storage in dagster_home/, data in data/)
 	$(BIN)/python -m ocad_pipeline.launch --job ocad_pipeline_job
 	$(BIN)/python -m ocad_pipeline.outputs
 
-test: setup ## run the test suite (installs Prometheus + Alertmanager for the ocad-serve tests if missing)
+test: setup ## lint (ruff), type-check (mypy), then the whole test suite (installs Prometheus + Alertmanager if missing)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	scripts/ensure-prometheus.sh
 	$(BIN)/pytest -q
 

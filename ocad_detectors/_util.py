@@ -55,15 +55,17 @@ def squash_array(stat: np.ndarray, h: float) -> np.ndarray:
 
 
 class WarnOnce:
-    """Log a warning the first time a key is seen (a bad model must not flood the log)."""
+    """Log a warning the first time a key is seen (a bad model or an unreachable tracking
+    server must not flood the log); to ``log``, by default the ``ocad_detectors`` logger."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: logging.Logger | None = None) -> None:
         self._seen: set[object] = set()
+        self._log = log or logger
 
     def __call__(self, key: object, msg: str, *args: object) -> None:
         if key not in self._seen:
             self._seen.add(key)
-            logger.warning(msg, *args)
+            self._log.warning(msg, *args)
 
 
 def present_capabilities(u: float, c: float, lb: float, s: float) -> frozenset[str]:

@@ -22,11 +22,11 @@ exactly the alerts of the live run. Severity comes from the composite score:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ocad_detectors._io import json_safe as _json_safe
 from ocad_detectors._util import (
     EV_CHANGEPOINT,
     EV_LOSS,
@@ -86,16 +86,6 @@ class Alert:
         d["event"] = "alert"
         d["time"] = iso_ms(self.timestamp_ms)
         return _json_safe(d)
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ocad_detectors._table import text_table
+
 __all__ = ["build_parser", "main"]
 
 _EXAMPLES = (__doc__ or "").split("Examples::\n", 1)[-1].split("\nInput:", 1)[0].strip("\n")
@@ -141,14 +143,7 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, r in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(headers, rows, numeric=True)
 
 
 class _Progress:
@@ -277,6 +272,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     from ocad_detectors.config import DetectionConfig, load_config
     from ocad_detectors.pipeline import DetectionPipeline
     from ocad_detectors.samples import read_samples
+    from ocad_detectors.shadow import ShadowScoring
 
     try:
         config = load_config(args.config) if args.config else DetectionConfig()
@@ -298,30 +294,28 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if frame.attrs.get("ignored_columns"):
         print(f"warning: {printable(frame.attrs['ignored_columns'], 2000)}; they are ignored", file=err)
     try:
-        pipe = DetectionPipeline(config, args.model_dir)
+        challenger_versions = _pairs(args.shadow, "--shadow")
+        # champion/challenger: production plus a pinned challenger, see ocad_detectors.shadow
+        shadowing = ShadowScoring(challenger_versions, config, args.model_dir) if challenger_versions else None
+        pipe = shadowing.production if shadowing is not None else DetectionPipeline(config, args.model_dir)
     except ValueError as e:  # e.g. an unreadable trust.public_key
         print(f"error: {printable(e, 2000)}", file=err)
         return 2
-    try:
-        challenger_versions = _pairs(args.shadow, "--shadow")
-        challenger = DetectionPipeline(config, args.model_dir, versions=challenger_versions) if challenger_versions else None
-    except ValueError as e:
-        print(f"error: {e}", file=err)
+    if shadowing is not None and (missing := shadowing.missing_versions()):
+        print(f"error: --shadow versions could not be loaded: {missing} (see warnings above)", file=err)
         return 2
-    if challenger is not None:
-        missing = {k: v for k, v in challenger_versions.items() if challenger.model_versions.get(k) != v}
-        if missing:
-            print(f"error: --shadow versions could not be loaded: {missing} (see warnings above)", file=err)
-            return 2
     show = not args.no_progress and (args.progress or (err.isatty() and len(frame) >= _LONG_FILE))
     bar = _Progress(len(frame), show)
     t0 = time.perf_counter()
+    shadow = None
     try:
-        result = pipe.score_frame(frame, progress=bar)
+        if shadowing is not None:
+            result, shadow = shadowing.score_frame(frame, progress=bar)
+        else:
+            result = pipe.score_frame(frame, progress=bar)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    shadow = challenger.score_frame(frame) if challenger is not None else None  # same frame: same as streaming both
     try:
         _write_events(result, args.alerts, out)
         if args.scores is not None:
@@ -342,13 +336,15 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         print(summary(result, elapsed, pipe.model_versions, args.top), file=err)
         if incidents is not None:
             print("\n" + labelled_summary(result, incidents), file=err)
-        if shadow is not None:
+        if shadowing is not None:
+            s = shadowing.summary()
             rows = [
-                ("alerts (production, emitted)", f"{len(result.alerts):,}"),
-                ("alerts (challenger, not emitted)", f"{len(shadow.alerts):,}"),
-                ("mean composite production / challenger", f"{result.composite.mean():.4f} / {shadow.composite.mean():.4f}"),
+                ("alerts (production, emitted)", f"{s['alerts']['production']:,}"),
+                ("alerts (challenger, not emitted)", f"{s['alerts']['challenger']:,}"),
+                ("samples where they disagree on alerting", f"{s['alert_disagreements']:,}"),
+                ("mean composite production / challenger", f"{s['mean_composite']['production']:.4f} / {s['mean_composite']['challenger']:.4f}"),
             ]
-            rows += [(f"challenger {k}", v or "not loaded") for k, v in challenger.model_versions.items()]
+            rows += [(f"challenger {k}", v or "not loaded") for k, v in s["challenger_versions"].items()]
             print("\nshadow scoring (champion/challenger)\n" + _table(("what", "value"), rows), file=err)
     return _exit_code(result, pipe.model_errors, args.strict, err)
 

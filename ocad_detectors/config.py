@@ -535,10 +535,9 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         eps = {}
         for ep, caps in dict(self.endpoints).items():
-            if isinstance(caps, str):
-                caps = caps.replace(",", "+").split("+")
+            names: Any = caps.replace(",", "+").split("+") if isinstance(caps, str) else caps
             try:
-                eps[str(ep)] = capability_key(c.strip() for c in caps)
+                eps[str(ep)] = capability_key(c.strip() for c in names)
             except (TypeError, ValueError, AttributeError) as e:
                 raise ValueError(f"endpoints.{ep}: {e}") from None
         object.__setattr__(self, "endpoints", eps)

@@ -232,8 +232,8 @@ def _column_features(
             for q in (95.0, 99.0):
                 vidx = (q / 100.0) * cm1
                 lo = np.floor(vidx).astype(np.intp)
-                a = np.where(lo < cnt - 1.0, top2, top1)  # order statistic lo: 2nd largest or largest
-                pct.append(_lerp_order_stats(a, top1, vidx, lo, cnt))
+                nth = np.where(lo < cnt - 1.0, top2, top1)  # order statistic lo: 2nd largest or largest
+                pct.append(_lerp_order_stats(nth, top1, vidx, lo, cnt))
         p95, p99 = pct
     else:
         full = np.column_stack([np.where(m, c, np.nan) for m, c in zip(mask, x)])

@@ -22,8 +22,8 @@ from ocad_detectors.artifacts import (
     IFOREST_MODEL_NAME,
     MODEL_NAMES,
     TCN_MODEL_NAMES,
-    IForestArtifact,
     IFMetadata,
+    IForestArtifact,
     TCNArtifact,
     TCNMetadata,
     read_artifact,
@@ -274,7 +274,7 @@ class ModelLoader:
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Cheap change detector: (mtime_ns, size, inode) of every model's index.json."""
-        fp = []
+        fp: list[tuple[int, int, int] | None] = []
         for name, root in self._entries():
             try:
                 st = os.stat(root / name / INDEX_FILE)

@@ -275,8 +275,8 @@ class MultivariateDetector:
             ewz[m] = f[2]
         if row.lbm:
             fails = 0.0
-            for x in st.succ:
-                if x == 0.0:
+            for ok in st.succ:
+                if ok == 0.0:
                     fails += 1.0
             feats.append(st.fail_run)
             feats.append(fails / self.window)

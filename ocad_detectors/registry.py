@@ -56,10 +56,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import safetensors.numpy
+
+from ocad_detectors._io import atomic_write, json_safe
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -168,14 +170,8 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _json_default(obj: Any) -> Any:
-    """Let callers pass numpy scalars/arrays and paths in metadata."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, datetime)):
-        return str(obj) if isinstance(obj, Path) else obj.isoformat()
+def _not_json(obj: Any) -> Any:
+    """Metadata may hold numpy values, paths and datetimes (:func:`json_safe`), nothing else."""
     raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
 
 
@@ -286,7 +282,7 @@ def _loads(raw: bytes, path: Path) -> Any:
     return obj
 
 
-def _is_version(v: Any) -> bool:
+def _is_version(v: Any) -> TypeGuard[str]:
     return isinstance(v, str) and _VERSION_RE.fullmatch(v) is not None
 
 
@@ -579,12 +575,7 @@ class ModelRegistry:
     def _write_index(self, model_name: str, index: dict[str, Any]) -> None:
         path = self._index_path(model_name)
         index = {k: v for k, v in index.items() if k != "history"}  # history lives in the log
-        tmp = path.with_name(f"{INDEX_FILE}.tmp-{uuid.uuid4().hex}")
-        try:
-            _write_file(tmp, (json.dumps(index, indent=2) + "\n").encode())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, (json.dumps(index, indent=2) + "\n").encode(), tmp=path.with_name(f"{INDEX_FILE}.tmp-{uuid.uuid4().hex}"))
         _fsync_dir(path.parent)
 
     def _append_history(self, model_name: str, events: list[dict[str, Any]]) -> None:
@@ -727,7 +718,7 @@ class ModelRegistry:
                 },
             }
             meta_bytes = (
-                json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n"
+                json.dumps(json_safe(meta), indent=2, sort_keys=True, default=_not_json) + "\n"
             ).encode()
             if len(meta_bytes) > MAX_METADATA_BYTES:
                 raise ValueError(f"metadata of {model_name} {version}: {len(meta_bytes)} bytes, more than {MAX_METADATA_BYTES}")
@@ -874,13 +865,7 @@ class ModelRegistry:
         rdir.mkdir(exist_ok=True)
         _check_dir(rdir, f"reports of {model_name} {version}")  # not a symlink out of the registry
         path = rdir / name
-        tmp = rdir / f".{name}.tmp-{uuid.uuid4().hex}"
-        try:
-            _write_file(tmp, data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write(path, data, tmp=rdir / f".{name}.tmp-{uuid.uuid4().hex}")
 
     def read_report(self, model_name: str, version: str, name: str) -> bytes | None:
         """A report attached with :meth:`write_report`, or None."""

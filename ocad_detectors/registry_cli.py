@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ocad_detectors._table import text_table
 from ocad_detectors.registry import (
     ENV_VAR,
     RESERVED_METADATA_KEYS,
@@ -33,14 +34,6 @@ from ocad_detectors.registry import (
 __all__ = ["main", "build_parser"]
 
 _EXAMPLES = (__doc__ or "").split("Examples::\n", 1)[-1].split("\nExit codes", 1)[0].strip("\n")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> str:
-    """Left-aligned plain-text table (what terminals and logs show reliably)."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(indent + line for line in lines)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -66,7 +59,7 @@ def _cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
     if not models:
         print(f"no models in {reg.root}")
         return 0
-    rows = []
+    rows: list[list[Any]] = []
     refused = []
     for name in models:
         try:
@@ -86,7 +79,7 @@ def _cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
                 latest.created_at if latest else None,
             ]
         )
-    print(_table(["MODEL", "PRODUCTION", "VERSIONS", "LATEST", "LATEST CREATED_AT"], rows))
+    print(text_table(["MODEL", "PRODUCTION", "VERSIONS", "LATEST", "LATEST CREATED_AT"], rows))
     for msg in refused:
         print(f"error: {msg}", file=sys.stderr)
     return 2 if refused else 0
@@ -136,7 +129,7 @@ def _cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
     files = meta["files"]
     print("\nfiles:")
     print(
-        _table(
+        text_table(
             ["NAME", "SIZE", "SHA256"],
             [[f, spec.get("size"), str(spec.get("sha256", ""))[:12]] for f, spec in files.items()],
             indent="  ",
@@ -145,13 +138,13 @@ def _cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
     metrics = meta.get("validation_metrics")
     print("\nvalidation_metrics:")
     if isinstance(metrics, Mapping) and metrics:
-        print(_table(["METRIC", "VALUE"], [[k, _fmt(v)] for k, v in _flatten(metrics)], indent="  "))
+        print(text_table(["METRIC", "VALUE"], [[k, _fmt(v)] for k, v in _flatten(metrics)], indent="  "))
     else:
         print("  (none)")
 
     print("\nversions:")
     print(
-        _table(
+        text_table(
             ["", "VERSION", "STAGE", "CREATED_AT"],
             [["*" if v.version == production else "", v.version, v.status, v.created_at]
              for v in versions],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,7 +82,7 @@ class ResidualDetector:
             mod = slot[2]
             key = json.dumps(dict(mod.architecture), sort_keys=True) if mod.weights else f"alone:{slot[1]}"
             by_arch.setdefault(key, []).append(slot)
-        units = []
+        units: list[tuple[StackedTCN | None, tuple[tuple[int, str, TCNModel], ...], np.ndarray | None, np.ndarray | None]] = []
         for key, slots in by_arch.items():
             stack = None
             if not key.startswith("alone:"):
@@ -153,7 +153,7 @@ class ResidualDetector:
             if ready is not None:
                 if stack is not None:
                     zeros = None
-                    cols = []
+                    cols: list[Sequence[float]] = []
                     for j in range(len(slots)):
                         if ready[j]:
                             cols.append(bufs[slots[j][1]])
@@ -208,10 +208,10 @@ class ResidualDetector:
         sig = ("udp_echo_rtt_ms", "ecpri_ow_us", "lbm_rtt_ms")
         return DetectorOutput(score, EVIDENCE_NAMES[ev], {"prediction": dict(zip(sig, st.pred)), "residual_sigma": dict(zip(sig, st.r))})
 
-    def prepare_series(self, endpoint_id: str, values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, TCNModel, np.ndarray, np.ndarray, float]]:
+    def prepare_series(self, endpoint_id: str, values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, TCNModel, np.ndarray, np.ndarray, float, float]]:
         """Batch, step 1: the windows of one endpoint's masked series that get a forecast:
         ``[(value index, model, sample indices, windows (scaled), residual scale, threshold)]``."""
-        jobs = []
+        jobs: list[tuple[int, TCNModel, np.ndarray, np.ndarray, float, float]] = []
         if not self.config.active:
             return jobs
         for i, _, mod in self._slots:

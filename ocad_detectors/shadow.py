@@ -10,7 +10,9 @@ have raised are only recorded, so operators can compare the two before promoting
     print(shadow.summary())                  # scores and would-be alerts side by side
 
 Both pipelines keep their own buffers and alert state; the challenger never reloads on
-promotion (its versions are pinned), production follows the registry as usual.
+promotion (its versions are pinned), production follows the registry as usual. A recorded file
+is scored the same way in one call, ``production, challenger = shadow.score_frame(frame)``
+(what ``ocad-detect --shadow`` does).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ocad_detectors.config import DetectionConfig
-from ocad_detectors.pipeline import DetectionPipeline, DetectionResult
+from ocad_detectors.pipeline import BatchResult, DetectionPipeline, DetectionResult
 
 __all__ = ["ShadowRecord", "ShadowScoring"]
 
@@ -63,14 +67,21 @@ class ShadowScoring:
         self._sum = {"production": 0.0, "challenger": 0.0}
         self._disagree = 0
 
+    def missing_versions(self) -> dict[str, str]:
+        """The challenger versions that did not load (not in the registry, or refused)."""
+        loaded = self.challenger.model_versions
+        return {k: v for k, v in self.challenger_versions.items() if loaded.get(k) != v}
+
     def process(self, sample: Any) -> DetectionResult:
         """Score with both; return production's result. The challenger's alert is swallowed."""
         prod = self.production.process(sample)
         chal = self.challenger.process(sample)
         if prod.status == "ok" or chal.status == "ok":
+            ref = prod if prod.status == "ok" else chal
+            assert ref.timestamp_ms is not None and ref.endpoint_id is not None  # set on every "ok" result
             rec = ShadowRecord(
-                timestamp_ms=prod.timestamp_ms,
-                endpoint_id=prod.endpoint_id,
+                timestamp_ms=ref.timestamp_ms,
+                endpoint_id=ref.endpoint_id,
                 production_composite=prod.composite,
                 challenger_composite=chal.composite,
                 production_scores=dict(prod.scores),
@@ -86,6 +97,23 @@ class ShadowScoring:
             self._sum["challenger"] += rec.challenger_composite
             self._disagree += rec.production_alert != rec.challenger_would_alert
         return prod
+
+    def score_frame(self, frame: Any, progress: Any = None) -> tuple[BatchResult, BatchResult]:
+        """Score a whole recorded frame with both (batch equals streaming); returns
+        ``(production, challenger)``. The counts of :meth:`summary` include these samples;
+        per-sample :attr:`records` are kept by :meth:`process` only."""
+        prod = self.production.score_frame(frame, progress=progress)
+        chal = self.challenger.score_frame(frame)
+        used = (prod.status == "ok") | (chal.status == "ok")
+        p_alert = (prod.alert_index >= 0) & used
+        c_alert = (chal.alert_index >= 0) & used
+        self._n += int(used.sum())
+        self._alerts["production"] += int(p_alert.sum())
+        self._alerts["challenger"] += int(c_alert.sum())
+        self._sum["production"] += float(np.sum(prod.composite[used]))
+        self._sum["challenger"] += float(np.sum(chal.composite[used]))
+        self._disagree += int(np.sum(p_alert != c_alert))
+        return prod, chal
 
     def summary(self) -> dict[str, Any]:
         """Counts over every sample seen (not only the kept records)."""

@@ -21,19 +21,10 @@ import math
 
 import numpy as np
 
-from ocad_pipeline.training.metrics import best_f1_threshold as _exact_best_f1
-from ocad_pipeline.training.metrics import roc_auc as _roc_auc
-
-
 from ocad_detectors.events import EventResult, _safe_div, episode_flags, eventwise, f1_from
+from ocad_pipeline.training.metrics import best_f1_threshold, roc_auc
 
 __all__ = ["EventResult", "best_f1_threshold", "episode_flags", "eventwise", "f1_from", "pointwise", "pr_curve", "roc_auc", "roc_curve"]
-
-
-def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC-AUC (ties averaged); None when only one class is present (JSON-friendly)."""
-    v = _roc_auc(y_true, scores)
-    return None if math.isnan(v) else v
 
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -72,15 +63,11 @@ def pointwise(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray | None 
         "recall": rec,
         "f1_score": f1_from(prec, rec),
         "false_alarm_rate": _safe_div(fp, fp + tn),
-        "roc_auc": roc_auc(y, scores) if scores is not None else None,
+        "roc_auc": _finite_or_none(roc_auc(y, scores)) if scores is not None else None,
         "confusion_matrix": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
     }
 
 
-def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """Threshold (on validation data only!) maximizing point-wise F1 of ``score > threshold``,
-    and that F1. Without any anomaly the 99th percentile of the scores is used (F1 0)."""
-    y = np.asarray(y_true, dtype=bool)
-    if not y.any():
-        return float(np.quantile(np.asarray(scores, dtype=float), 0.99)), 0.0
-    return _exact_best_f1(y, scores)
+def _finite_or_none(v: float) -> float | None:
+    """Reports are strict JSON: an undefined metric (NaN, e.g. ROC-AUC of one class) is None."""
+    return None if math.isnan(v) else v

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
+from ocad_detectors._io import atomic_write
 
 FILES_KEY = "ocad/files"
 
@@ -30,16 +31,10 @@ class MissingUpstreamError(FileNotFoundError):
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """Write one table atomically; parquet unless the name ends in .csv."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        if path.suffix == ".csv":
-            df.to_csv(tmp, index=False)
-        else:
-            df.to_parquet(tmp, index=False, engine="pyarrow")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if path.suffix == ".csv":
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False), durable=False)
+    else:
+        atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"), durable=False)
 
 
 def read_table(path: Path) -> pd.DataFrame:

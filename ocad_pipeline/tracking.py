@@ -30,23 +30,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ocad_detectors._util import WarnOnce
+
 __all__ = ["ENV_TRACKING_URI", "flatten", "log_run", "tracking_enabled"]
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 logger = logging.getLogger("ocad_pipeline.tracking")
-_warned: set[str] = set()
 _BAD_KEY = re.compile(r"[^0-9A-Za-z_\-. /]")
 _MAX_PARAM = 500  # MLflow's historical limit for a parameter value
+_warn_once = WarnOnce(logger)
 
 
 def tracking_enabled() -> bool:
     return bool(os.environ.get(ENV_TRACKING_URI, "").strip())
-
-
-def _warn_once(key: str, msg: str, *args: Any) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ocad_detectors.artifacts import (
 from ocad_detectors.iforest import NumpyIsolationForest
 from ocad_detectors.modelset import ModelLoader
 from ocad_detectors.pipeline import DetectionPipeline
-from ocad_detectors.registry import METADATA_FILE, RegistryError, ModelRegistry
+from ocad_detectors.registry import METADATA_FILE, ModelRegistry, RegistryError
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_registry"
 V = "1.0.0"

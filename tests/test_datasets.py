@@ -20,7 +20,7 @@ def test_split_is_by_time_per_endpoint_with_a_gap(small_sim):
     s = small_sim.samples
     lab = ds.split_labels(s, CFG)
     interval = 5000
-    for ep, g in s.assign(split=lab).groupby("endpoint_id"):
+    for _ep, g in s.assign(split=lab).groupby("endpoint_id"):
         r = g.groupby("split")["timestamp_ms"].agg(["min", "max", "size"])
         assert r.loc["train", "max"] < r.loc["val", "min"] < r.loc["val", "max"] < r.loc["test", "min"]
         assert r.loc["val", "min"] - r.loc["train", "max"] > CFG.gap_samples * interval

@@ -1,5 +1,7 @@
 """Metric functions on hand-computed cases."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,7 +24,14 @@ def test_pointwise_counts_and_rates():
 
 def test_roc_auc_ties_and_single_class():
     assert roc_auc(np.array([1, 0], bool), np.array([0.5, 0.5])) == pytest.approx(0.5)
-    assert roc_auc(np.array([0, 0], bool), np.array([0.1, 0.2])) is None
+    # one implementation (ocad_pipeline.training.metrics): NaN when undefined, None in a JSON report
+    assert math.isnan(roc_auc(np.array([0, 0], bool), np.array([0.1, 0.2])))
+    assert pointwise(np.array([0, 0], bool), np.array([0, 1], bool), scores=np.array([0.1, 0.2]))["roc_auc"] is None
+
+
+def test_best_f1_threshold_without_anomalies_is_the_99th_percentile():
+    s = np.linspace(0.0, 1.0, 101)
+    assert best_f1_threshold(np.zeros(101, bool), s) == (pytest.approx(0.99), 0.0)
 
 
 def _stream(n=40, step=5000):

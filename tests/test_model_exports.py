@@ -27,7 +27,6 @@ from ocad_pipeline.models.tcn_torch import (
 )
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _single_torch_thread() -> object:
     """Tiny models train faster on one thread; restore the setting for other test modules."""
@@ -327,7 +326,7 @@ def test_iforest_export_layout() -> None:
         assert used <= set(feats.tolist())
     assert set(a["feature"][~leaves].tolist()) - set(range(4))  # not just local indices
     # leaf values equal sklearn's own per-node path lengths
-    for t, est in enumerate(model.estimators_):
+    for t in range(len(model.estimators_)):
         lo, hi = a["tree_offsets"][t], a["tree_offsets"][t + 1]
         sk = model._decision_path_lengths[t] + model._average_path_length_per_tree[t] - 1.0
         tree_leaves = leaves[lo:hi]

@@ -10,8 +10,8 @@ from model_fixtures import SAMPLE_COLUMNS, assert_same_results, cached_model_reg
 
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.samples import iter_samples
-from ocad_detectors.serve.snapshot import read_snapshot, write_snapshot
 from ocad_detectors.serve.shard import ShardRing
+from ocad_detectors.serve.snapshot import read_snapshot, write_snapshot
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from model_fixtures import SAMPLE_COLUMNS, cached_model_registry, copy_registry
+
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.registry import ModelRegistry
 from ocad_detectors.shadow import ShadowScoring
@@ -60,6 +60,27 @@ def test_shadow_records_the_challenger_but_returns_production(built, tmp_path):
     assert higher > 0
     assert summary["alerts"]["challenger"] >= summary["alerts"]["production"]
     json.dumps(summary)  # serializable for reports
+
+
+def test_shadow_batch_counts_equal_streaming_counts(built, tmp_path):
+    """ocad-detect --shadow scores a file with ShadowScoring.score_frame: same summary as streaming."""
+    import pandas as pd
+
+    root = copy_registry(built, tmp_path / "models")
+    new = _challenger(root)
+    stream = _stream(built)
+    streamed = ShadowScoring({"tcn_ecpri": new}, model_dir=root)
+    for s in stream:
+        streamed.process(s)
+    batched = ShadowScoring({"tcn_ecpri": new}, model_dir=root)
+    prod, chal = batched.score_frame(pd.DataFrame(stream))
+    a, b = streamed.summary(), batched.summary()
+    assert b["samples"] == a["samples"] > 0
+    assert b["alerts"] == a["alerts"] == {"production": len(prod.alerts), "challenger": len(chal.alerts)}
+    assert b["alert_disagreements"] == a["alert_disagreements"] > 0
+    assert b["mean_composite"] == pytest.approx(a["mean_composite"], rel=1e-9)
+    assert batched.missing_versions() == {}
+    assert ShadowScoring({"tcn_ecpri": "9.9.9"}, model_dir=root).missing_versions() == {"tcn_ecpri": "9.9.9"}
 
 
 def test_shadow_needs_a_challenger(tmp_path):

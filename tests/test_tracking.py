@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ocad_detectors._util import WarnOnce
 from ocad_pipeline import tracking
 
 
@@ -61,7 +62,7 @@ class _FakeMlflow(types.ModuleType):
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    monkeypatch.setattr(tracking, "_warned", set())
+    monkeypatch.setattr(tracking, "_warn_once", WarnOnce(tracking.logger))
 
 
 def test_without_tracking_uri_nothing_is_imported(monkeypatch):

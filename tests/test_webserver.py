@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+pytestmark = pytest.mark.pipeline  # runs `dagster dev` as a subprocess: needs the training stack
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {"raw_metrics", "sample_splits", "reference_stats", "timeseries_splits", "multivariate_splits"}
 

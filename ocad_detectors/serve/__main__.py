@@ -1,3 +1,5 @@
-from ocad_detectors.serve.cli import main
 import sys
+
+from ocad_detectors.serve.cli import main
+
 sys.exit(main())

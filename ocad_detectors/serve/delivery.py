@@ -268,7 +268,7 @@ class AlertRouter:
         if old is None:
             return
         self.metrics.resolved.inc()
-        ends = max(end_ms, episode_start_ms)
+        ends: float = max(end_ms, episode_start_ms)
         # Alertmanager treats endsAt <= now as resolved; a replay's sample time may lie in the
         # future of the wall clock, so never claim a resolution later than now
         ends = min(ends, time.time() * 1000.0)

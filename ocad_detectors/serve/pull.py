@@ -30,6 +30,8 @@ logger = logging.getLogger("ocad_detectors.serve")
 
 def query_round(client: httpx.Client, cfg: PullConfig, eval_s: float, metrics: ServiceMetrics | None = None) -> list[dict[str, Any]]:
     """One round: every signal's query at ``eval_s`` -> samples (one per endpoint)."""
+    if not cfg.url:
+        raise ValueError("pull.url is not set: name the Prometheus server to query")
     by_ep: dict[str, dict[str, Any]] = {}
     ts_ms = int(round(eval_s * 1000))
     for sig, (q, scale) in cfg.signal_queries().items():

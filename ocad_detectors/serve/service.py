@@ -183,6 +183,7 @@ class DetectorService:
                         counts[st] = counts.get(st, 0) + 1
                         if st == "ok":
                             ts = r.timestamp_ms
+                            assert ts is not None and r.endpoint_id is not None  # set on every "ok" result
                             seen[r.endpoint_id] = (r.composite, ts)
                             if ts > newest:
                                 newest = ts
@@ -318,9 +319,10 @@ class DetectorService:
         with self._pipe_lock:
             state = self.pipeline.export_state()
             scores = dict(self.metrics.endpoints)
+        alerts = self.router.export()
         payload = {
             "pipeline": state,
-            "alerts": self.router.export(),
+            "alerts": alerts,
             "scores": {k: list(v) for k, v in scores.items()},
             "shard": {"count": self.ring.count, "index": self.ring.index},
             "newest_ts": self.newest_ts,
@@ -330,7 +332,7 @@ class DetectorService:
         except OSError as exc:
             logger.error("snapshot not written to %s: %s", path, exc)
             return None
-        logger.info("snapshot: %d endpoints, %d open alerts, %d bytes -> %s", len(state["endpoints"]), len(payload["alerts"]), n, path)
+        logger.info("snapshot: %d endpoints, %d open alerts, %d bytes -> %s", len(state["endpoints"]), len(alerts), n, path)
         return str(path)
 
     def _restore(self) -> None:

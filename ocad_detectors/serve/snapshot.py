@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from ocad_detectors._io import atomic_write
+
 __all__ = ["SNAPSHOT_FORMAT", "SNAPSHOT_VERSION", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT_FORMAT = "ocad-serve-snapshot"
@@ -40,12 +42,7 @@ def write_snapshot(path: str | os.PathLike[str], payload: dict[str, Any]) -> int
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps(header) + b"\n" + body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    atomic_write(p, orjson.dumps(header) + b"\n" + body, tmp=p.with_name(p.name + f".tmp{os.getpid()}"))
     return len(body)
 
 

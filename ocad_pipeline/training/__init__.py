@@ -5,24 +5,23 @@
   threshold calibration;
 * :mod:`ocad_pipeline.training.metrics` - forecast and anomaly-decision metrics (numpy).
 
-This module holds the provenance helpers every registered version records.
+This module holds the provenance helpers every registered version records (and re-exports
+:func:`json_safe`, which lives in :mod:`ocad_detectors._io` so both sides share it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import math
 import subprocess
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 import pandas as pd
+
+from ocad_detectors._io import json_safe  # re-exported: the trainers' metadata goes through it
 
 __all__ = ["code_version", "dataframes_sha256", "json_safe", "utc_now"]
 
@@ -64,17 +63,3 @@ def dataframes_sha256(frames: Mapping[str, pd.DataFrame]) -> str:
     return h.hexdigest()
 
 
-def json_safe(obj: Any) -> Any:
-    """A copy of nested metadata that strict JSON accepts: numpy scalars/arrays become Python
-    values and non-finite floats (NaN, ±inf) become ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [json_safe(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

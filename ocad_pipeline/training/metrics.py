@@ -102,16 +102,18 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximizing point-wise F1 of ``score > threshold``.
+    """(threshold, F1) maximizing point-wise F1 of ``score > threshold`` (choose it on
+    validation data only).
 
     Candidates cut between two distinct consecutive scores (sorted descending), so ties are
-    never split; the threshold is the midpoint of the cut. Needs at least one positive label.
+    never split; the threshold is the midpoint of the cut. Without any anomalous label the
+    99th percentile of the scores is returned, with F1 0.
     """
     y = np.asarray(labels, dtype=bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     n_pos = int(y.sum())
     if n_pos == 0:
-        raise ValueError("best_f1_threshold needs at least one anomalous label")
+        return float(np.quantile(s, 0.99)), 0.0
     order = np.argsort(-s, kind="mergesort")
     s_sorted = s[order]
     tp = np.cumsum(y[order])

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import time
-import uuid
 import warnings
 import zlib
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from ocad_detectors._io import atomic_write
 from ocad_pipeline.evaluation import eventwise, pointwise
 from ocad_pipeline.training import json_safe
 from ocad_pipeline.training.iforest import (
@@ -711,13 +711,7 @@ class TuningResultMissing(FileNotFoundError):
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(p, (json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode(), durable=False)
 
 
 def load_tuning_result(data_dir: str | os.PathLike[str], asset: str) -> dict[str, Any]:
