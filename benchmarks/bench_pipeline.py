@@ -67,8 +67,8 @@ def run_one(scale: int, data_dir: str) -> dict:
 
     import dagster as dg
 
-    from ocad_pipeline.defs import jobs
     from ocad_pipeline.definitions import ALL_ASSETS, NATIVE_THREADS, build_resources
+    from ocad_pipeline.defs import jobs
 
     selection = dg.AssetSelection.all() - dg.AssetSelection.groups(*jobs.TUNING_GROUPS) - dg.AssetSelection.assets(*jobs.MIGRATION_STUDY_ASSETS)
     job = dg.define_asset_job("bench_pipeline_job", selection=selection, executor_def=dg.in_process_executor)

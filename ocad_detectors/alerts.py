@@ -315,9 +315,9 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
             ref = d.reference[i]
             sigma = (v - ref[0]) / ref[1] if ref is not None else None
             extra = f" ({sigma:+.1f} σ from the healthy {_fmt(ref[0])} {unit})" if ref is not None and sigma is not None else ""
-            level, at = ("critical", lv[1]) if v >= lv[1] else ("warning", lv[0])
+            lvl_name, at = ("critical", lv[1]) if v >= lv[1] else ("warning", lv[0])
             out.append(Explanation("threshold", sig, unit, lv[0], v, sigma,
-                                   f"{sig} = {_fmt(v)} {unit} above the {_fmt(at)} {unit} {level} threshold{extra}"))
+                                   f"{sig} = {_fmt(v)} {unit} above the {_fmt(at)} {unit} {lvl_name} threshold{extra}"))
     if ev & EV_LOSS:
         lw = config.rules.loss_min_samples
         for cap in ("udp_echo", "ecpri", "lbm"):
@@ -353,12 +353,12 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
             res = d.residual[i]
             if res is None or not res[1] > res[2]:
                 continue
-            pred, r, thr = res
+            pred, rz, thr = res
             unit = SIGNALS[sig].unit
             v = d.values[i]
-            out.append(Explanation("residual", sig, unit, pred, v, r,
+            out.append(Explanation("residual", sig, unit, pred, v, rz,
                                    f"{sig}: forecast {_fmt(pred)} {unit}, observed {_fmt(v)} {unit} "
-                                   f"({r:.1f} σ of the training forecast error > {thr:.1f} σ)"))
+                                   f"({rz:.1f} σ of the training forecast error > {thr:.1f} σ)"))
     if ev & EV_MULTIVARIATE and d.multivariate is not None:
         a, thr_if, feat, sig_v = d.multivariate
         sig = _feature_signal(feat)

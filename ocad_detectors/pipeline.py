@@ -149,6 +149,12 @@ class DetectionResult:
 
 class _Endpoint:
     __slots__ = ("alert", "caps", "cp", "fixed", "id", "last_ts", "mv", "res", "rule")
+    # the detectors' own state objects, set by DetectionPipeline._new_endpoint
+    alert: Any
+    cp: Any
+    mv: Any
+    res: Any
+    rule: Any
 
     def __init__(self, endpoint_id: str, caps: frozenset[str], fixed: bool) -> None:
         self.id = endpoint_id
@@ -687,7 +693,7 @@ class _BatchRun:
     def _score_chunk(self, groups: list[tuple[str, np.ndarray]]) -> None:
         p = self.p
         prepared = []
-        res_jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]] = []
+        res_jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float, float]] = []
         mv_jobs: list[Any] = []
         for ep, rows in groups:
             caps = self._caps(ep, self.u[rows], self.c[rows], self.lb[rows], self.s[rows])
@@ -713,7 +719,7 @@ class _BatchRun:
             mv_jobs += mj
         preds = _predict_all(res_jobs)
         if_scores = score_jobs(mv_jobs)
-        for ep, rows, vals, r_score, r_ev, runs, c_score, c_ev, Ss, zs, r0, rn, m0, mn in prepared:
+        for ep, rows, vals, r_score, r_ev, rule_runs, c_score, c_ev, Ss, zs, r0, rn, m0, mn in prepared:
             n = len(rows)
             u, c, lb, s = vals
             res_score, res_ev, P, R = p.residual.finish_series(n, (u, c, lb), res_jobs[r0 : r0 + rn], preds[r0 : r0 + rn])
@@ -737,7 +743,7 @@ class _BatchRun:
             self.composite[rows] = comp
             self.ev[rows] = ev
             T = {job[0]: job[5] for job in res_jobs[r0 : r0 + rn]}
-            self._alerts(ep, rows, ev, comp, scores, vals, runs, Ss, (P, R, T), mv_at)
+            self._alerts(ep, rows, ev, comp, scores, vals, rule_runs, Ss, (P, R, T), mv_at)
 
     def _alerts(self, ep, rows, ev, comp, scores, vals, runs, cp, res, mv_at) -> None:
         """The alert state machine over the endpoint's accepted samples: the very step the
@@ -792,6 +798,6 @@ def _future_msg(ts: int, limit: int) -> str:
             f"(latest accepted now: {limit}); clock glitch? not used")
 
 
-def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:
+def _predict_all(jobs: list[tuple[int, Any, np.ndarray, np.ndarray, float, float]]) -> list[np.ndarray]:
     """The TCN forecasts of every job (one call each; the network chunks its input itself)."""
     return [job[1].net.predict(job[3]) for job in jobs]

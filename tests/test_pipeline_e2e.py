@@ -6,8 +6,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from ocad_pipeline.defs.assets import data as data_assets
 from ocad_pipeline.definitions import ALL_ASSETS, build_resources
+from ocad_pipeline.defs.assets import data as data_assets
 
 SMALL_RUN = {
     "ops": {

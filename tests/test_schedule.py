@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 import dagster as dg
 import pytest
 
-from ocad_pipeline.defs import jobs
 from ocad_pipeline.definitions import defs
+from ocad_pipeline.defs import jobs
 
 
 def test_schedule_runs_weekly_on_sunday_midnight_utc():

@@ -6,8 +6,8 @@ import dagster as dg
 from dagster._core.execution.api import create_execution_plan  # no public equivalent in 1.13
 
 from ocad_detectors.signals import METRIC_TYPES
-from ocad_pipeline.defs.assets.models import TCN_REPORT_OP, tcn_train_op_name
 from ocad_pipeline.definitions import ALL_ASSETS, build_resources, defs
+from ocad_pipeline.defs.assets.models import TCN_REPORT_OP, tcn_train_op_name
 from ocad_pipeline.defs.jobs import build_jobs
 
 TRAIN_OPS = {tcn_train_op_name(m) for m in METRIC_TYPES}

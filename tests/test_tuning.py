@@ -19,8 +19,8 @@ import pytest
 
 import ocad_pipeline.training.tuning as tn
 from ocad_pipeline import datasets as ds
-from ocad_pipeline.defs import jobs
 from ocad_pipeline.definitions import ALL_ASSETS, build_resources, defs
+from ocad_pipeline.defs import jobs
 from ocad_pipeline.training.iforest import IsolationForestParams
 from ocad_pipeline.training.tcn import TCNParams, train_tcn
 

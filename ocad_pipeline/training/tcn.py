@@ -40,17 +40,19 @@ import torch
 from ocad_detectors.artifacts import (
     TCN_WEIGHTS_FILE,
     ResidualScale,
-    Scaler as ScalerSpec,
     TCNArchitecture,
     TCNArtifact,
     TCNMetadata,
     tcn_model_name,
 )
+from ocad_detectors.artifacts import (
+    Scaler as ScalerSpec,
+)
 from ocad_detectors.registry import save_arrays
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES
-from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
 from ocad_pipeline.models.tcn_torch import TCNForecaster, count_parameters, export_tcn, tcn_architecture
 from ocad_pipeline.training import json_safe
+from ocad_pipeline.training.calibration import DEFAULT_TARGET_RATE, budget_calibration
 from ocad_pipeline.training.metrics import forecast_metrics
 
 __all__ = [

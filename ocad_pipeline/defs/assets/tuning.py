@@ -143,7 +143,7 @@ def _top_table(outcome: tn.StudyOutcome, attrs: list[str], k: int = 10) -> str:
 
 def _history_plot(outcomes: dict[str, tn.StudyOutcome], ylabel: str, log_scale: bool) -> str:
     fig, axes = plt.subplots(1, len(outcomes), figsize=(4.8 * len(outcomes), 3.3), squeeze=False)
-    for ax, (label, o) in zip(axes[0], outcomes.items()):
+    for ax, o in zip(axes[0], outcomes.values()):
         done = [t for t in o.trials if t["state"] == "COMPLETE" and t["value"] is not None]
         pruned = [t for t in o.trials if t["state"] == "PRUNED" and t["last_intermediate"] is not None]
         failed = [t for t in o.trials if t["state"] == "FAIL"]
