@@ -1,4 +1,4 @@
-"""Model training, independent of Dagster (the assets in ``ocad_pipeline.assets.models`` are thin).
+"""Model training, independent of Dagster (the assets in ``ocad_pipeline.defs.assets.models`` are thin).
 
 * :mod:`ocad_pipeline.training.tcn` - data preparation and the TCN forecaster trainer;
 * :mod:`ocad_pipeline.training.iforest` - Isolation Forest per capability group, 5-fold CV and

@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna for the TCN forecasters and the Isolation Forest.
 
-Independent of Dagster (the assets in ``ocad_pipeline.assets.tuning`` are thin). What it
+Independent of Dagster (the assets in ``ocad_pipeline.defs.assets.tuning`` are thin). What it
 guarantees:
 
 * **train and validation splits only**: the TCN objective trains on the training windows and
@@ -722,7 +722,7 @@ def load_tuning_result(data_dir: str | os.PathLike[str], asset: str) -> dict[str
         raise TuningResultMissing(
             f"use_tuned_params is set, but {asset} has not been materialized in this data directory "
             f"(missing {path}). Run the tuning first with the same DAGSTER_HOME and data directory, e.g.\n"
-            f"  DAGSTER_HOME=$PWD/dagster_home dagster asset materialize -m ocad_pipeline.definitions --select {asset}\n"
+            f"  DAGSTER_HOME=$PWD/dagster_home .venv/bin/dg launch --assets {asset}\n"
             f"or train with use_tuned_params: false (the trainer's defaults)."
         )
     return json.loads(path.read_text())
@@ -735,13 +735,13 @@ def tuned_params_for(result: Mapping[str, Any], key: str, asset: str) -> tuple[d
     if key not in studies:
         raise TuningResultMissing(
             f"{asset} holds no study for {key!r} (tuned: {sorted(studies)}); rerun "
-            f"`dagster asset materialize -m ocad_pipeline.definitions --select {asset}` with {key!r} included"
+            f"`dg launch --assets {asset}` with {key!r} included"
         )
     s = studies[key]
     if s.get("best_trial") is None or not s.get("trainer_params"):
         raise TuningResultMissing(
             f"{asset}: study {s.get('name')!r} has no completed trial yet (states: {s.get('states')}); "
-            f"run more trials with `dagster asset materialize -m ocad_pipeline.definitions --select {asset}`"
+            f"run more trials with `dg launch --assets {asset}`"
         )
     block = {
         "study_name": s["name"],
