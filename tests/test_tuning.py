@@ -329,7 +329,7 @@ def test_rematerializing_resumes_the_studies(tuned):
 
 def test_use_tuned_params_without_a_tuning_run_is_a_clear_error(tmp_path):
     ops = {"raw_metrics": {"config": {"simulator": SIM}}, "tcn_models": {"config": {**TINY_TCN, "use_tuned_params": True}}}
-    with pytest.raises(Exception, match=r"(?s)tcn_hyperparameters has not been materialized.*--select tcn_hyperparameters"):
+    with pytest.raises(Exception, match=r"(?s)tcn_hyperparameters has not been materialized.*dg launch --assets tcn_hyperparameters"):
         _materialize(tmp_path, ["*tcn_models"], ops)
     assert not (tmp_path / "models" / "tcn_udp_echo").exists()
 
