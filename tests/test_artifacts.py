@@ -45,14 +45,27 @@ from ocad_detectors.modelset import ModelLoader
 from ocad_detectors.pipeline import DetectionPipeline
 from ocad_detectors.registry import METADATA_FILE, ModelRegistry, RegistryError
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_registry"
 V = "1.0.0"
 
 
+@pytest.fixture(scope="module")
+def legacy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry in the layout from before the contract: the metadata dicts spelled out as the
+    trainers built them then (no ``format_version``), written through the plain registry."""
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    try:
+        import make_legacy_registry
+    finally:
+        sys.path.pop(0)
+    root = tmp_path_factory.mktemp("legacy") / "registry"
+    make_legacy_registry.main(str(root))
+    return root
+
+
 @pytest.fixture()
-def legacy(tmp_path: Path) -> Path:
-    """A writable copy of the registry the code before the contract wrote."""
-    return Path(shutil.copytree(LEGACY, tmp_path / "legacy"))
+def legacy(legacy_root: Path, tmp_path: Path) -> Path:
+    """A writable copy of that registry."""
+    return Path(shutil.copytree(legacy_root, tmp_path / "legacy"))
 
 
 def _manifest(root: Path, name: str, version: str = V) -> dict[str, Any]:
@@ -74,7 +87,7 @@ def test_names_and_kinds() -> None:
 
 
 def test_registry_written_before_the_contract_loads(legacy: Path) -> None:
-    """tests/fixtures/legacy_registry was written by the code of be5d150 (no format_version)."""
+    """Metadata in the pre-contract layout (no format_version) loads, scores and promotes."""
     for name in MODEL_NAMES:
         assert FORMAT_KEY not in _manifest(legacy, name)
     det = DetectionPipeline(model_dir=legacy)
@@ -188,8 +201,8 @@ def test_a_newer_format_is_refused_by_loader_and_promotion(legacy: Path) -> None
 # ----------------------------------------------------------------------------- refusals name the field
 
 
-def _legacy_meta(name: str) -> dict[str, Any]:
-    return _manifest(LEGACY, name)
+def _legacy_meta(root: Path, name: str) -> dict[str, Any]:
+    return _manifest(root, name)
 
 
 def _edit(meta: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -227,8 +240,8 @@ TCN_CASES = [
 
 
 @pytest.mark.parametrize("path,value,pattern", TCN_CASES, ids=[f"{'.'.join(map(str, c[0]))}={c[1] if c[1] is not _DELETE else 'deleted'}" for c in TCN_CASES])
-def test_bad_tcn_metadata_names_the_field(path: tuple[Any, ...], value: Any, pattern: str) -> None:
-    meta = _edit(_legacy_meta("tcn_udp_echo"), path, value)
+def test_bad_tcn_metadata_names_the_field(legacy_root: Path, path: tuple[Any, ...], value: Any, pattern: str) -> None:
+    meta = _edit(_legacy_meta(legacy_root, "tcn_udp_echo"), path, value)
     with pytest.raises(ArtifactError, match=pattern):
         TCNMetadata.from_dict(meta, "tcn_udp_echo")
 
@@ -250,8 +263,8 @@ IF_CASES = [
 
 
 @pytest.mark.parametrize("path,value,pattern", IF_CASES, ids=[f"{'.'.join(map(str, c[0]))}" for c in IF_CASES])
-def test_bad_forest_metadata_names_the_field(path: tuple[Any, ...], value: Any, pattern: str) -> None:
-    meta = _edit(_legacy_meta(IFOREST_MODEL_NAME), path, value)
+def test_bad_forest_metadata_names_the_field(legacy_root: Path, path: tuple[Any, ...], value: Any, pattern: str) -> None:
+    meta = _edit(_legacy_meta(legacy_root, IFOREST_MODEL_NAME), path, value)
     with pytest.raises(ArtifactError, match=pattern):
         IFMetadata.from_dict(meta, IFOREST_MODEL_NAME)
 
@@ -264,9 +277,9 @@ def test_typed_fields_cannot_be_smuggled_through_info() -> None:
         _tcn(version="9.9.9")
 
 
-def test_parse_metadata_dispatches_by_name() -> None:
-    assert isinstance(parse_metadata("tcn_lbm", _legacy_meta("tcn_lbm")), TCNMetadata)
-    assert isinstance(parse_metadata(IFOREST_MODEL_NAME, _legacy_meta(IFOREST_MODEL_NAME)), IFMetadata)
+def test_parse_metadata_dispatches_by_name(legacy_root: Path) -> None:
+    assert isinstance(parse_metadata("tcn_lbm", _legacy_meta(legacy_root, "tcn_lbm")), TCNMetadata)
+    assert isinstance(parse_metadata(IFOREST_MODEL_NAME, _legacy_meta(legacy_root, IFOREST_MODEL_NAME)), IFMetadata)
     assert parse_metadata("not_a_model", {}) is None
 
 
@@ -331,8 +344,8 @@ def test_fixtures_build_without_torch_or_sklearn(tmp_path: Path) -> None:
         assert _manifest(tmp_path / "m", name)[FORMAT_KEY] == FORMAT_VERSION
 
 
-def test_group_spec_capabilities_and_dataclass_equality() -> None:
-    meta = IFMetadata.from_dict(_legacy_meta(IFOREST_MODEL_NAME))
+def test_group_spec_capabilities_and_dataclass_equality(legacy_root: Path) -> None:
+    meta = IFMetadata.from_dict(_legacy_meta(legacy_root, IFOREST_MODEL_NAME))
     spec = meta.groups["udp_echo"]
     assert spec.capabilities == frozenset({"udp_echo"}) and math.isclose(spec.threshold, 0.6)
     assert IFGroupSpec.from_dict("udp_echo", spec.to_dict()) == spec
