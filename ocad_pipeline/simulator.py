@@ -238,6 +238,38 @@ def _record_incident(
     )
 
 
+def _type_weights(types: list[str], mix: dict[str, float]) -> np.ndarray:
+    """Draw probabilities of the feasible incident types (uniform when the mix gives none)."""
+    w = np.array([mix.get(t, 0.0) for t in types], dtype=float)
+    if w.sum() <= 0:
+        w = np.ones(len(types))
+    return w / w.sum()
+
+
+def _endpoint_frame(
+    cfg: SimulatorConfig, endpoint_id: str, role: str, caps: tuple[str, ...], t_s: np.ndarray, values: dict[str, np.ndarray],
+    base: dict[str, float], noise_std: dict[str, float], lbm_ok: np.ndarray | None, is_anom: np.ndarray, itype: np.ndarray,
+    inc_id: np.ndarray,
+) -> tuple[pd.DataFrame, dict]:
+    """Both profiles' last step: the physical floor (a delay is at least 1 % of its baseline),
+    the endpoint's sample frame and its row of the endpoint table."""
+    n = len(t_s)
+    for s, v in values.items():
+        np.maximum(v, 0.01 * base[s], out=v)
+    frame = {"timestamp_ms": cfg.start_ms + np.round(t_s * 1000).astype(np.int64), "endpoint_id": np.full(n, endpoint_id, dtype=object)}
+    for s in VALUE_SIGNALS:
+        frame[s] = values.get(s, np.full(n, np.nan))
+    frame["lbm_success"] = pd.array(lbm_ok, dtype="boolean") if lbm_ok is not None else pd.array([pd.NA] * n, dtype="boolean")
+    frame["is_anomaly"] = is_anom
+    frame["anomaly_type"] = pd.array(itype, dtype="string")
+    frame["incident_id"] = pd.array(inc_id, dtype="string")
+    ep_row = {"endpoint_id": endpoint_id, "role": role, "capabilities": capability_key(caps)}
+    for s in VALUE_SIGNALS:
+        ep_row[f"{s}_base"] = base.get(s, np.nan)
+        ep_row[f"{s}_noise_std"] = noise_std.get(s, np.nan)
+    return pd.DataFrame(frame), ep_row
+
+
 def _simulate_endpoint_clean(cfg: SimulatorConfig, seed: np.random.SeedSequence, endpoint_id: str, role: str, caps: tuple[str, ...]):
     rng = np.random.default_rng(seed)
     n = cfg.n_samples
@@ -282,10 +314,7 @@ def _simulate_endpoint_clean(cfg: SimulatorConfig, seed: np.random.SeedSequence,
     inc_id = np.full(n, None, dtype=object)
     incidents = []
     types = _feasible_types(caps)
-    w = np.array([cfg.mix.get(t, 0.0) for t in types], dtype=float)
-    if w.sum() <= 0:
-        w = np.ones(len(types))
-    w = w / w.sum()
+    w = _type_weights(types, cfg.mix)
     day_s = 86400.0
     # quiet time between incidents so that the configured rate is met on average
     mean_dur_s = 60.0 * sum(
@@ -345,27 +374,8 @@ def _simulate_endpoint_clean(cfg: SimulatorConfig, seed: np.random.SeedSequence,
         _record_incident(cfg, endpoint_id, k, typ, sev, start, length, end, dt, sigs, affected, values, lbm_ok, is_anom, itype, inc_id, incidents)
         cursor = end * dt + cfg.min_gap_minutes * 60.0 + rng.exponential(mean_gap_s)
 
-    # delays can't be negative; physical floor at 1 % of baseline
-    for s in sigs:
-        np.maximum(values[s], 0.01 * base[s], out=values[s])
-
-    ts = cfg.start_ms + np.round(t_s * 1000).astype(np.int64)
-    frame = {
-        "timestamp_ms": ts,
-        "endpoint_id": np.full(n, endpoint_id, dtype=object),
-    }
-    for s in VALUE_SIGNALS:
-        frame[s] = values.get(s, np.full(n, np.nan))
-    succ = pd.array(lbm_ok, dtype="boolean") if lbm_ok is not None else pd.array([pd.NA] * n, dtype="boolean")
-    frame["lbm_success"] = succ
-    frame["is_anomaly"] = is_anom
-    frame["anomaly_type"] = pd.array(itype, dtype="string")
-    frame["incident_id"] = pd.array(inc_id, dtype="string")
-    ep_row = {"endpoint_id": endpoint_id, "role": role, "capabilities": capability_key(caps)}
-    for s in VALUE_SIGNALS:
-        ep_row[f"{s}_base"] = base.get(s, np.nan)
-        ep_row[f"{s}_noise_std"] = noise_std.get(s, np.nan)
-    return pd.DataFrame(frame), incidents, ep_row
+    frame, ep_row = _endpoint_frame(cfg, endpoint_id, role, caps, t_s, values, base, noise_std, lbm_ok, is_anom, itype, inc_id)
+    return frame, incidents, ep_row
 
 
 # --- realistic profile ---------------------------------------------------------------------
@@ -478,11 +488,7 @@ def _simulate_endpoint_realistic(
     inc_id = np.full(n, None, dtype=object)
     incidents = []
     types = _feasible_realistic(caps)
-    mix = cfg.mix
-    w = np.array([mix.get(t, 0.0) for t in types], dtype=float)
-    if w.sum() <= 0:
-        w = np.ones(len(types))
-    w = w / w.sum()
+    w = _type_weights(types, cfg.mix)
     mean_dur_s = 60.0 * sum(
         wi * (np.mean(_R_DURATION_MIN[t]) + (cfg.drift_outage_probability * np.mean(_OUTAGE_MIN) if t == "drift" else 0.0))
         for wi, t in zip(w, types)
@@ -539,24 +545,10 @@ def _simulate_endpoint_realistic(
         _record_incident(cfg, endpoint_id, k, typ, sev, start, length, end, dt, sigs, affected, values, lbm_ok, is_anom, itype, inc_id, incidents)
         cursor = end * dt + cfg.min_gap_minutes * 60.0 + rng.exponential(mean_gap_s)
 
-    for s in sigs:  # delays can't be negative; physical floor at 1 % of baseline
-        np.maximum(values[s], 0.01 * base[s], out=values[s])
-
-    ts = cfg.start_ms + np.round(t_s * 1000).astype(np.int64)
     for ev in benign:  # sample positions -> epoch ms (end exclusive)
         ev["start"] = int(cfg.start_ms + round(ev["start"] * dt * 1000))
         ev["end"] = int(cfg.start_ms + round(ev["end"] * dt * 1000))
-    frame = {"timestamp_ms": ts, "endpoint_id": np.full(n, endpoint_id, dtype=object)}
-    for s in VALUE_SIGNALS:
-        frame[s] = values.get(s, np.full(n, np.nan))
-    frame["lbm_success"] = pd.array(lbm_ok, dtype="boolean") if lbm_ok is not None else pd.array([pd.NA] * n, dtype="boolean")
-    frame["is_anomaly"] = is_anom
-    frame["anomaly_type"] = pd.array(itype, dtype="string")
-    frame["incident_id"] = pd.array(inc_id, dtype="string")
-    ep_row = {"endpoint_id": endpoint_id, "role": role, "capabilities": capability_key(caps)}
-    for s in VALUE_SIGNALS:
-        ep_row[f"{s}_base"] = base.get(s, np.nan)
-        ep_row[f"{s}_noise_std"] = noise_std.get(s, np.nan)
+    frame, ep_row = _endpoint_frame(cfg, endpoint_id, role, caps, t_s, values, base, noise_std, lbm_ok, is_anom, itype, inc_id)
     ep_row["group"] = group
     ep_row["interval_s"] = float(dt)
     return pd.DataFrame(frame), incidents, ep_row, benign
