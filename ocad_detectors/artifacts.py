@@ -546,12 +546,39 @@ class IFMetadata:
 # ----------------------------------------------------------------------------- artifacts
 
 
-def _write(name: str, files: dict[str, bytes], metadata: dict[str, Any], registry: ModelRegistry, version: str | None, bump: str) -> VersionInfo:
-    return registry.write_version(name, files, metadata, version=version, bump=bump)
+class _Artifact:
+    """What every model kind does the same way: verify with the loader's own checks (its
+    ``build``), then hand ``(files, metadata)`` to the registry."""
+
+    metadata: Any  # TCNMetadata / IFMetadata (set by the dataclass below)
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def build(self) -> Any:
+        raise NotImplementedError
+
+    def files(self) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Exactly the checks the detectors' loader applies (raises ``ValueError``)."""
+        self.build()
+
+    def payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """``(files, metadata)`` for ``ModelRegistry.write_version``, verified first."""
+        self.verify()
+        return self.files(), self.metadata.to_dict()
+
+    def write(self, registry: ModelRegistry, *, version: str | None = None, bump: str = "minor") -> VersionInfo:
+        """Verify, then register as a new immutable version of :attr:`name`."""
+        files, metadata = self.payload()
+        return registry.write_version(self.name, files, metadata, version=version, bump=bump)
 
 
 @dataclass(frozen=True)
-class TCNArtifact:
+class TCNArtifact(_Artifact):
     """One metric type's forecaster: metadata + weights, as stored in the registry."""
 
     metadata: TCNMetadata
@@ -568,21 +595,8 @@ class TCNArtifact:
         """The numpy forecaster; checks tensor names, shapes, dtypes and finiteness."""
         return NumpyTCN(self.weights, self.metadata.architecture.to_dict())
 
-    def verify(self) -> None:
-        """Exactly the checks the detectors' loader applies (raises ``ValueError``)."""
-        self.build()
-
     def files(self) -> dict[str, bytes]:
         return {TCN_WEIGHTS_FILE: save_arrays(self.weights)}
-
-    def payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """``(files, metadata)`` for ``ModelRegistry.write_version``, verified first."""
-        self.verify()
-        return self.files(), self.metadata.to_dict()
-
-    def write(self, registry: ModelRegistry, *, version: str | None = None, bump: str = "minor") -> VersionInfo:
-        """Verify, then register as a new immutable version of :attr:`name`."""
-        return _write(self.name, *self.payload(), registry, version, bump)
 
     @classmethod
     def from_loaded(cls, lv: LoadedVersion) -> TCNArtifact:
@@ -597,7 +611,7 @@ class TCNArtifact:
 
 
 @dataclass(frozen=True)
-class IForestArtifact:
+class IForestArtifact(_Artifact):
     """The Isolation Forest: metadata + one exported forest per capability group."""
 
     metadata: IFMetadata
@@ -624,22 +638,9 @@ class IForestArtifact:
             out[key] = forest
         return out
 
-    def verify(self) -> None:
-        """Exactly the checks the detectors' loader applies (raises ``ValueError``)."""
-        self.build()
-
     def files(self) -> dict[str, bytes]:
         flat = {f"{g}/{k}": v for g, arrays in self.forests.items() for k, v in arrays.items()}
         return {IFOREST_FILE: save_arrays(flat)}
-
-    def payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """``(files, metadata)`` for ``ModelRegistry.write_version``, verified first."""
-        self.verify()
-        return self.files(), self.metadata.to_dict()
-
-    def write(self, registry: ModelRegistry, *, version: str | None = None, bump: str = "minor") -> VersionInfo:
-        """Verify, then register as a new immutable version of ``isolation_forest``."""
-        return _write(self.name, *self.payload(), registry, version, bump)
 
     @classmethod
     def from_loaded(cls, lv: LoadedVersion) -> IForestArtifact:
