@@ -142,6 +142,16 @@ class IsolationForestConfig(config_from_dataclass(IsolationForestParams)):  # ty
         return self.to_dataclass()
 
 
+def _register(context, registry, name: str, files: dict[str, bytes], meta: dict, tuning: dict | None, fingerprint: str):
+    """Stamp the tuning provenance and the training fingerprint, write a new version; -> (info, bytes)."""
+    if tuning is not None:
+        meta["tuning"] = json_safe(tuning)
+    meta[FINGERPRINT_KEY] = fingerprint
+    info = registry.write_version(name, files, meta)
+    context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
+    return info, sum(len(b) for b in files.values())
+
+
 def _provenance(context: dg.OpExecutionContext, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
     return {
         "training_date": utc_now(),
@@ -307,12 +317,7 @@ def _build_train_tcn_op(metric: str) -> dg.OpDefinition:
         result = train_tcn(windows, params, log=context.log.info)
         report = evaluate_forecasts(result, windows, "test")
         files, meta = tcn_version_payload(result, windows, prov, report)
-        if tuning is not None:
-            meta["tuning"] = json_safe(tuning)
-        meta[FINGERPRINT_KEY] = fingerprint
-        info = registry.write_version(name, files, meta)
-        size = sum(len(b) for b in files.values())
-        context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
+        info, size = _register(context, registry, name, files, meta, tuning, fingerprint)
         summary = {
             "metric": metric,
             "model": info.model_name,
@@ -697,12 +702,7 @@ def isolation_forest_model(
         })
     result = train_isolation_forest(multivariate_splits, params, log=context.log.info)
     files, meta = iforest_version_payload(result, fcfg, reference_stats["stats"], prov)
-    if tuning is not None:
-        meta["tuning"] = json_safe(tuning)
-    meta[FINGERPRINT_KEY] = fingerprint
-    info = registry.write_version(IFOREST_MODEL_NAME, files, meta)
-    size = sum(len(b) for b in files.values())
-    context.log.info(f"registered {info.model_name} {info.version} ({info.status}) at {info.path}")
+    info, size = _register(context, registry, IFOREST_MODEL_NAME, files, meta, tuning, fingerprint)
     metadata = {
         "reused_existing_version": False,
         "training_fingerprint": fingerprint,
