@@ -62,8 +62,15 @@ SCENARIOS = {
     # the project's own default data (seed 42): the one scenario detection defaults were tuned on
     "tuning": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=42), train_days=2, models=True),
     "fronthaul": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=777), train_days=2, models=True),
+    # a three times larger tuning fleet (its own seed): 36 test endpoint-days, so a change of a
+    # few alerts is not read as a gain (the small fleets have 12 test endpoint-days)
+    "tuning-large": dict(sim=SimulatorConfig(n_oru=4, n_odu=4, n_transport=4, duration_hours=144.0, seed=43), train_days=3,
+                         models=True),
     # a second held-out draw of the same composition, first scored after the last tuning step
     "fronthaul-b": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=780), train_days=2,
+                        models=True),
+    # held out, the size of tuning-large; first scored after the third round's last tuning step
+    "fronthaul-c": dict(sim=SimulatorConfig(n_oru=4, n_odu=4, n_transport=4, duration_hours=144.0, seed=781), train_days=3,
                         models=True),
     # the previous simulator ("clean" profile), to check that nothing regressed there
     "clean": dict(sim=SimulatorConfig(n_oru=2, n_odu=2, n_transport=2, duration_hours=96.0, seed=779, profile="clean"), train_days=2,

@@ -327,6 +327,14 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
                 out.append(Explanation("loss", sig, "samples", 0.0, float(r), None,
                                        f"{sig}: {r} consecutive probes without a reply "
                                        f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
+                continue
+            lost, n = d.loss_runs.get(cap + ":lost_recent", 0), d.loss_runs.get(cap + ":probes_recent", 0)
+            if config.rules.loss_rate_hit(lost, n):
+                rate = config.rules.loss_rate
+                sig = "lbm_success" if cap == "lbm" else METRIC_SIGNAL[cap]
+                out.append(Explanation("loss", sig, "share", rate, lost / n, None,
+                                       f"{sig}: {lost} of the last {n} probes without a reply ({lost / n:.0%}; "
+                                       f"loss evidence from {rate:.0%})"))
     if ev & EV_CHANGEPOINT:
         for i, sig in enumerate(VALUE_SIGNALS):
             evidence, level, up, fast, jit = d.changepoint[i]

@@ -150,6 +150,12 @@ class RuleConfig:
     with at least ``loss_min_samples`` consecutive lost probes, critical (rule score 1) from
     ``loss_critical_s`` with at least ``loss_critical_samples``; so one lost 240 s probe is
     not an outage, and 5 s probes behave as before (3 lost = warning, 12 lost = critical).
+
+    Intermittent loss (replies missing here and there, never many in a row) is evidence once at
+    least ``loss_rate`` of one probe type's probes are lost in its recent window: the last
+    ``loss_rate_window_s`` seconds, but at least the last ``loss_rate_min_probes`` probes (so
+    a 240 s probe is judged over as many probes as a 5 s one), with at least 3 lost.
+    ``loss_rate: 0`` turns this off.
     """
 
     enabled: bool = True
@@ -163,6 +169,12 @@ class RuleConfig:
     loss_critical_s: float = 60.0
     loss_min_samples: int = 2
     loss_critical_samples: int = 3
+    #: fraction of one probe type's probes lost in its recent window that is loss evidence
+    loss_rate: float = 0.25
+    #: the recent window: this many seconds of sample time ...
+    loss_rate_window_s: float = 60.0
+    #: ... but at least this many probes
+    loss_rate_min_probes: int = 12
 
     def __post_init__(self) -> None:
         _bool("rules", "enabled", self.enabled)
@@ -183,6 +195,15 @@ class RuleConfig:
             raise ValueError("rules.loss_critical_s must be above rules.loss_warning_s")
         _int("rules", "loss_min_samples", self.loss_min_samples, lo=1)
         _int("rules", "loss_critical_samples", self.loss_critical_samples, lo=1)
+        r = _num("rules", "loss_rate", self.loss_rate, lo=0.0)
+        if r > 1.0:
+            raise ValueError(f"rules.loss_rate: a fraction of probes in [0, 1], got {r}")
+        _num("rules", "loss_rate_window_s", self.loss_rate_window_s, lo=0.0)
+        _int("rules", "loss_rate_min_probes", self.loss_rate_min_probes, lo=1)
+
+    def loss_rate_hit(self, lost: int, probes: int) -> bool:
+        """Whether ``lost`` of the last ``probes`` probes (the loss-rate window) is loss evidence."""
+        return self.loss_rate > 0.0 and probes >= self.loss_rate_min_probes and lost >= 3 and lost >= self.loss_rate * probes
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RuleConfig:

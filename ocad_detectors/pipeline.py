@@ -489,7 +489,7 @@ class DetectionPipeline:
         alert = None
         if emit:
             d = SampleDetails(
-                (u, c, lb), e.cp.refs, dict(e.rule.runs), self.changepoint.details(e.cp),
+                (u, c, lb), e.cp.refs, self.rules.details(e.rule), self.changepoint.details(e.cp),
                 [(e.res.pred[i], e.res.r[i], e.res.thr[METRIC_TYPES[i]]) if e.res.r[i] == e.res.r[i] else None for i in range(3)],
                 self.multivariate.explain(e.mv), list(e.rule.levels),
             )

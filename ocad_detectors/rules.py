@@ -8,13 +8,20 @@ without a reply, and timed from the last reply:
 * ``udp_echo`` / ``ecpri``: the delay value is missing (None / NaN / absent);
 * ``lbm``: ``lbm_success`` is false, or there is neither a success flag nor an RTT.
 
+Intermittent loss never makes a long run, so the share of probes lost in each probe type's
+recent window (``loss_rate_window_s``, at least ``loss_rate_min_probes`` probes) is loss
+evidence too from ``loss_rate`` on: 40 % of replies missing over two minutes is an incident even
+when no two are missing in a row, while a healthy probe's rare lost reply never reaches it.
+
 Score: 0 below the warning level; above it ``0.5 + 0.5 * excess / (critical - warning)`` for
 a delay, and the same in seconds for a loss run; 1 at the critical level, so 0.5 means "just
-over" and 1 "critical" (a loss run shorter than ``loss_critical_samples`` stays below 1).
+over" and 1 "critical" (a loss run shorter than ``loss_critical_samples`` stays below 1). A
+loss rate scores ``0.5 + 0.5 * (rate - loss_rate) / (1 - loss_rate)``, below 1.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +45,7 @@ class DetectorOutput:
 
 
 class _RuleState:
-    __slots__ = ("base", "endpoint_id", "levels", "lost_since", "runs", "warm")
+    __slots__ = ("base", "endpoint_id", "levels", "lost_since", "recent", "runs", "warm", "window")
 
     def __init__(self, endpoint_id: str, levels: list[tuple[float, float] | None], base: list[float | None]) -> None:
         self.endpoint_id = endpoint_id
@@ -51,6 +58,10 @@ class _RuleState:
         self.runs = {"udp_echo": 0, "ecpri": 0, "lbm": 0}
         #: sample time of the last reply per probe type (None = none seen yet)
         self.lost_since: dict[str, int | None] = {"udp_echo": None, "ecpri": None, "lbm": None}
+        #: per probe type: (sample time, lost) of its recent probes (the loss-rate window)
+        self.recent: dict[str, deque[tuple[int, bool]]] = {"udp_echo": deque(), "ecpri": deque(), "lbm": deque()}
+        #: per probe type: [lost, probes] in that window
+        self.window: dict[str, list[int]] = {"udp_echo": [0, 0], "ecpri": [0, 0], "lbm": [0, 0]}
 
 
 def loss_runs(lost: np.ndarray) -> np.ndarray:
@@ -79,6 +90,9 @@ class RuleDetector:
         self._lspan = self._lc - self._lw
         self._lmin = cfg.loss_min_samples
         self._lcrit = cfg.loss_critical_samples
+        self._rate = cfg.loss_rate
+        self._rwin = cfg.loss_rate_window_s * 1000.0
+        self._rmin = cfg.loss_rate_min_probes
         self._states: dict[str, _RuleState] = {}
         self.reference: Any = None
 
@@ -135,11 +149,23 @@ class RuleDetector:
         runs = st.runs
         since = st.lost_since
         durations = []
+        rates = []
+        rwin, rmin = self._rwin, self._rmin
+        hit = self.config.loss_rate_hit
         for cap, lost in (
             ("udp_echo", u != u), ("ecpri", c != c), ("lbm", s == 0.0 or (s != s and lb != lb))
         ):
             if cap not in caps:
                 continue
+            dq = st.recent[cap]
+            w = st.window[cap]
+            dq.append((ts, lost))
+            w[0] += lost
+            while len(dq) > rmin and ts - dq[0][0] >= rwin:
+                w[0] -= dq.popleft()[1]
+            w[1] = len(dq)
+            if lost and hit(w[0], w[1]):  # on lost probes only: a reply is no loss evidence
+                rates.append(w[0] / w[1])
             if lost:
                 runs[cap] += 1
                 t0 = since[cap]
@@ -182,10 +208,22 @@ class RuleDetector:
                     sc = min(0.99, 0.5 + 0.5 * (dur - lw) / self._lspan)
                 if sc > score:
                     score = sc
+        rate = self._rate
+        for r in rates:
+            ev |= EV_LOSS
+            sc = min(0.99, 0.5 + 0.5 * (r - rate) / (1.0 - rate)) if rate < 1.0 else 0.99
+            if sc > score:
+                score = sc
         return score, ev
 
     def details(self, st: _RuleState) -> dict[str, int]:
-        return dict(st.runs)
+        """Loss runs per probe type, and ``{cap}:lost_recent`` / ``{cap}:probes_recent`` (the
+        loss-rate window), for explanations."""
+        d = dict(st.runs)
+        for cap, (lost, n) in st.window.items():
+            d[f"{cap}:lost_recent"] = lost
+            d[f"{cap}:probes_recent"] = n
+        return d
 
     def score_one(self, sample: Any, capabilities: Any = None) -> DetectorOutput:
         """Standalone use: validate one sample (``ValueError`` if invalid) and score it.
@@ -201,13 +239,14 @@ class RuleDetector:
         if st is None:
             st = self._states[ep] = self.new_state(ep)
         score, ev = self.update(st, caps, ts, *mask_values(caps, u, c, lb, s))
-        return DetectorOutput(score, EVIDENCE_NAMES[ev], {"loss_runs": dict(st.runs)})
+        return DetectorOutput(score, EVIDENCE_NAMES[ev], {"loss_runs": self.details(st)})
 
     def score_series(
         self, endpoint_id: str, caps_seq: list[frozenset[str]], ts: list[int], u: np.ndarray, c: np.ndarray,
         lb: np.ndarray, s: np.ndarray, rebaselines: Mapping[int, tuple[tuple[int, float, bool], ...]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """Batch over one endpoint's accepted, masked series: (score, evidence bits, loss runs,
+        """Batch over one endpoint's accepted, masked series: (score, evidence bits, loss runs
+        and loss-rate windows as in :meth:`details`,
         rule levels: an ``(n, 3, 2)`` array of (warning, critical) per delay signal, NaN = none).
 
         The streaming :meth:`update` runs sample by sample (the rules are cheap, and this way
@@ -217,18 +256,22 @@ class RuleDetector:
         n = len(ts)
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
-        runs = {k: np.zeros(n, dtype=np.int64) for k in ("udp_echo", "ecpri", "lbm")}
+        runs = {k: np.zeros(n, dtype=np.int64) for k in self.details(_RuleState("", [None] * 3, [None] * 3))}
         levels = np.full((n, 3, 2), np.nan)
         st = self.new_state(endpoint_id)
         ul, cl, lbl, sl = u.tolist(), c.tolist(), lb.tolist(), s.tolist()
         rb = rebaselines or {}
         upd = self.update
         r = st.runs
+        win = st.window
         for j in range(n):
             score[j], ev[j] = upd(st, caps_seq[j], ts[j], ul[j], cl[j], lbl[j], sl[j])
             runs["udp_echo"][j] = r["udp_echo"]
             runs["ecpri"][j] = r["ecpri"]
             runs["lbm"][j] = r["lbm"]
+            for cap, (lost, nw) in win.items():
+                runs[cap + ":lost_recent"][j] = lost
+                runs[cap + ":probes_recent"][j] = nw
             for i, lv in enumerate(st.levels):
                 if lv is not None:
                     levels[j, i] = lv

@@ -130,3 +130,21 @@ def test_one_sided_deviations_are_not_jitter():
         det.update(st, t, v)
         jit.append(min(st.jit, st.jitd))
     assert max(jit) < det.config.jitter_h
+
+
+def test_intermittent_loss_alerts_once_explained_by_its_share_and_resolves():
+    """40 % of replies missing for 4 min, never two in a row: one alert, batch == streaming."""
+    ts, x = _series(600, 5, 4.0, seed=6)
+    rng = np.random.default_rng(7)
+    lossy = np.zeros(600, dtype=bool)
+    lossy[300:348] = rng.random(48) < 0.4
+    lossy[300:348] &= ~np.r_[False, lossy[300:347]]  # no two lost in a row
+    x[lossy] = np.nan
+    frame = _frame(ts, x)
+    res = _rules_only().score_frame(frame)
+    starts = [a for a in res.alerts if not a.escalation]
+    assert len(starts) == 1 and int(ts[300]) <= starts[0].timestamp_ms <= int(ts[348])
+    assert "of the last 12 probes without a reply" in starts[0].message
+    assert len(res.resolutions) == 1 and res.resolutions[0].reason == "recovered"
+    stream = _stream(_rules_only(), frame)
+    assert [a.to_dict() for a in res.alerts] == [r.alert.to_dict() for r in stream if r.alert]

@@ -88,7 +88,38 @@ def test_loss_runs_are_timed_from_the_last_reply(interval_s):
     assert evid[-1].details["loss_runs"]["lbm"] == 13
     # a reply resets the run; udp missing counts for udp only
     o = det.score_one(Sample(t + 14 * interval_s * 1000, "a", udp_echo_rtt_ms=None, lbm_rtt_ms=8.0, lbm_success=True), caps)
-    assert o.details["loss_runs"] == {"udp_echo": 1, "ecpri": 0, "lbm": 0} and o.evidence == ()
+    runs = {k: v for k, v in o.details["loss_runs"].items() if ":" not in k}
+    assert runs == {"udp_echo": 1, "ecpri": 0, "lbm": 0} and o.evidence == ()
+
+
+@pytest.mark.parametrize("interval_s", [5, 240])
+def test_intermittent_loss_is_evidence_by_its_share_of_recent_probes(interval_s):
+    """Every other reply missing never makes a run of two, but half the probes are lost."""
+    det = RuleDetector(RuleConfig())  # 25 % of the last 60 s, at least 12 probes
+    caps = {"lbm"}
+    out = []
+    for i in range(60):
+        lost = 20 <= i < 44 and i % 2 == 0
+        s = Sample(T0 + i * interval_s * 1000, "a", lbm_rtt_ms=None if lost else 2.0, lbm_success=not lost)
+        out.append(det.score_one(s, caps))
+    ev = [i for i, o in enumerate(out) if o.evidence == ("loss",)]
+    # the 3rd lost probe (i = 24) is 3 of 12: 25 %; then on every lost probe (a reply is none)
+    assert ev == list(range(24, 44, 2)) and all(out[i].details["loss_runs"]["lbm"] == 1 for i in ev)
+    assert all(0.5 <= out[i].score < 1.0 for i in ev)
+    w = out[42].details["loss_runs"]
+    assert (w["lbm:lost_recent"], w["lbm:probes_recent"]) == (6, 12)
+    # a healthy probe's scattered lost replies (2 in 12) are not
+    det2 = RuleDetector(RuleConfig())
+    lost_at = {5, 11, 30, 41}
+    res = [det2.score_one(Sample(T0 + i * interval_s * 1000, "a", lbm_rtt_ms=None if i in lost_at else 2.0,
+                                 lbm_success=i not in lost_at), caps) for i in range(60)]
+    assert all(o.evidence == () for o in res)
+    # off
+    det3 = RuleDetector(RuleConfig(loss_rate=0.0))
+    assert all(det3.score_one(Sample(T0 + i * 5000, "a", lbm_rtt_ms=None if i % 2 else 2.0, lbm_success=not i % 2), caps).evidence == ()
+               for i in range(60))
+    with pytest.raises(ValueError, match="loss_rate"):
+        RuleConfig(loss_rate=1.5)
 
 
 def test_standalone_detectors_reject_invalid_samples():
