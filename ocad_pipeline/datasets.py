@@ -230,6 +230,40 @@ def multivariate_splits(
     return {which: base[sp_keep == which].reset_index(drop=True) for which in SPLITS}
 
 
+def healthy_stream_features(
+    samples: pd.DataFrame, endpoints: pd.DataFrame, reference: pd.DataFrame, cfg: SplitConfig, split: str = "val"
+) -> pd.DataFrame:
+    """Feature vectors of *every* healthy sample of one split (no stride), as a live detector
+    scores them: the alert-level calibration needs the score series at full rate, because an
+    alert is a level held for the persistence span and a strided table cannot show one.
+
+    Features come from the split's own samples (splits are contiguous per endpoint; the first
+    ``feature_window - 1`` samples of each endpoint, partial windows, are left out). Healthy: no
+    anomalous sample in the window. Columns: ``endpoint_id``, ``timestamp_ms``,
+    ``capabilities`` and the features."""
+    caps = endpoint_capabilities(endpoints)
+    ref = ReferenceStats.from_records(reference.to_dict("records"))
+    fcfg = cfg.feature_config
+    sub = samples[split_labels(samples, cfg) == split]
+    if sub.empty:
+        return pd.DataFrame(columns=["endpoint_id", "timestamp_ms", "capabilities"])
+    feats = features_frame(sub, ref, caps, fcfg)
+    w = fcfg.window
+    anom = sub.loc[feats.index, "is_anomaly"].to_numpy(dtype=float)
+    keep = np.zeros(len(feats), dtype=bool)
+    start = 0
+    for _, n in feats.groupby("endpoint_id", sort=False).size().items():
+        pos = np.arange(n)
+        csum = np.concatenate([[0.0], np.cumsum(anom[start : start + n])])
+        lo = np.maximum(pos - w + 1, 0)
+        keep[start : start + n] = (pos >= w - 1) & ((csum[pos + 1] - csum[lo]) == 0)
+        start += n
+    out = feats.loc[keep].reset_index(drop=True)
+    out.insert(2, "capabilities", ["+".join(sorted(caps[e])) for e in out["endpoint_id"]])
+    out["timestamp_ms"] = out["timestamp_ms"].astype("int64")
+    return out
+
+
 def sample_splits(samples: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
     """{train, val, test}: the raw samples of each split (gap samples left out), for stream replay."""
     split = split_labels(samples, cfg)

@@ -166,4 +166,5 @@ def test_model_assets_are_grouped_and_described():
     deps = {d.asset_key.to_user_string() for d in specs["tcn_models"].deps}
     assert deps == {"timeseries_splits"}
     deps = {d.asset_key.to_user_string() for d in specs["isolation_forest_model"].deps}
-    assert deps == {"multivariate_splits", "reference_stats"}
+    # raw_metrics: the full-rate healthy validation samples of the alert-budget calibration
+    assert deps == {"multivariate_splits", "reference_stats", "raw_metrics"}

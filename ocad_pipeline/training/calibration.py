@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "DEFAULT_SUSTAIN_S", "DEFAULT_TARGET_RATE", "MIN_ENDPOINT_ROWS", "MIN_POOLED_ROWS", "budget_calibration", "budget_quantile",
-    "sustained_level",
+    "DEFAULT_ALERTS_PER_DAY", "DEFAULT_SUSTAIN_S", "DEFAULT_TARGET_RATE", "MIN_ENDPOINT_ROWS", "MIN_POOLED_ROWS",
+    "alert_budget_level", "budget_calibration", "budget_quantile", "sustained_level",
 ]
 
 #: share of healthy samples allowed to carry one detector's evidence
@@ -35,6 +35,9 @@ DEFAULT_TARGET_RATE = 0.002
 MIN_ENDPOINT_ROWS = 2000
 #: below this many healthy rows the pool is too small to calibrate on
 MIN_POOLED_ROWS = 500
+#: false alerts per endpoint-day one detector may add on healthy data (a share of the fleet
+#: budget of 1 per endpoint-day; ``alert_budget_level``)
+DEFAULT_ALERTS_PER_DAY = 0.25
 #: the span a healthy level must be held to count as sustained: the alert policy's default
 #: persistence (``ocad_detectors.config.AlertConfig.persist_s``)
 DEFAULT_SUSTAIN_S = 60.0
@@ -64,6 +67,119 @@ def sustained_level(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) 
         if m is not None and (best is None or m > best):
             best = m
     return best
+
+
+def _sustained_series(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) -> tuple[np.ndarray, float]:
+    """Per row (time order): the median of the last ``sustain_s`` of consecutive rows (NaN
+    before a full window or across a break of more than 2.5 intervals), and the interval (ms)."""
+    order = np.argsort(times_ms, kind="stable")
+    t = np.asarray(times_ms, dtype=np.float64)[order]
+    x = np.asarray(scores, dtype=np.float64)[order]
+    out = np.full(x.size, np.nan)
+    d = np.diff(t)
+    d = d[d > 0]
+    if d.size == 0:
+        return out, 0.0
+    interval = float(np.median(d))
+    n = max(2, int(round(sustain_s * 1000.0 / interval)))
+    breaks = np.flatnonzero(np.diff(t) > 2.5 * interval) + 1
+    start = 0
+    for seg in np.split(x, breaks):
+        if seg.size >= n:
+            out[start + n - 1 : start + seg.size] = np.nanmedian(np.lib.stride_tricks.sliding_window_view(seg, n), axis=1)
+        start += seg.size
+    return out, interval
+
+
+def _episodes(m: np.ndarray, thr: float, gap: int) -> int:
+    """Runs of ``m > thr`` (NaN = below), runs closer than ``gap`` rows counted as one."""
+    idx = np.flatnonzero(m > thr)
+    if idx.size == 0:
+        return 0
+    return int(1 + np.count_nonzero(np.diff(idx) > gap))
+
+
+def _peaks(m: np.ndarray, thr: float, gap: int) -> np.ndarray:
+    """The peak of each episode of ``m > thr`` (runs closer than ``gap`` rows are one episode)."""
+    idx = np.flatnonzero(m > thr)
+    if idx.size == 0:
+        return np.empty(0)
+    cuts = np.flatnonzero(np.diff(idx) > gap) + 1
+    return np.array([float(m[g].max()) for g in np.split(idx, cuts)])
+
+
+#: episodes the peaks-over-threshold tail fit of ``alert_budget_level`` is based on
+POT_EPISODES = 20
+
+
+def alert_budget_level(
+    scores: np.ndarray, endpoints: np.ndarray, times_ms: np.ndarray, sustain_s: float, alerts_per_day: float,
+    gap_s: float = 300.0,
+) -> dict[str, Any]:
+    """The score level that healthy rows *hold* for ``sustain_s`` (a rolling median over that
+    span, per endpoint, at full sample rate) in about ``alerts_per_day`` separate episodes per
+    endpoint-day: the threshold at which the alert policy's persistence lets that many false
+    alerts through on data like this. Episodes less than ``gap_s`` apart count once (the alert
+    manager merges them too).
+
+    A validation split holds a few endpoint-days, and the highest level seen in a few days is
+    exceeded within weeks, so the level is extrapolated: the peaks of the ``POT_EPISODES``
+    highest episodes (above the pooled 90th percentile) are fitted with an exponential tail (peaks over threshold, the mean excess
+    over the base level u being the scale b), and the level is where the fitted episode rate
+    falls to the budget, ``u + b ln(n_u / (alerts_per_day x endpoint-days))``. It is never below
+    the empirical level (at most ``floor(alerts_per_day x endpoint-days)`` episodes above it)."""
+    endpoints = np.asarray(endpoints).astype(str)
+    times_ms = np.asarray(times_ms, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    series: list[tuple[np.ndarray, int]] = []
+    days = 0.0
+    for ep in np.unique(endpoints):
+        sel = endpoints == ep
+        m, interval = _sustained_series(scores[sel], times_ms[sel], sustain_s)
+        if interval <= 0.0 or not np.isfinite(m).any():
+            continue
+        series.append((m, max(1, int(round(gap_s * 1000.0 / interval)))))
+        days += np.isfinite(scores[sel]).sum() * interval / 86_400_000.0
+    if not series:
+        return {"level": None, "endpoint_days": 0.0}
+    allowed = int(np.floor(alerts_per_day * days))
+    pooled = np.concatenate([m[np.isfinite(m)] for m, _ in series])
+    # episodes only mean something well above the bulk (lower down, one endpoint's whole series
+    # merges into one run), so levels are searched above the pooled 90th percentile
+    lo, hi = float(np.quantile(pooled, 0.9)), float(pooled.max())
+
+    def count(thr: float) -> int:
+        return sum(_episodes(m, thr, g) for m, g in series)
+
+    def level_for(k: int) -> float:
+        """The lowest level with at most k episodes above it (bisection)."""
+        a, b = lo, hi
+        if count(a) <= k:
+            return a
+        for _ in range(60):  # count(a) > k >= count(b)
+            mid = 0.5 * (a + b)
+            if count(mid) > k:
+                a = mid
+            else:
+                b = mid
+        return b
+
+    empirical = level_for(allowed)
+    u = level_for(POT_EPISODES)
+    pk = np.concatenate([_peaks(m, u, g) for m, g in series])
+    tail: dict[str, Any] = {"base": float(u), "episodes": int(pk.size)}
+    level = empirical
+    if pk.size >= 3 and alerts_per_day > 0 and days > 0:
+        scale = float(np.mean(pk - u))
+        ratio = pk.size / (alerts_per_day * days)
+        fitted = u + scale * np.log(ratio) if ratio > 1.0 else u
+        tail.update({"scale": scale, "level": float(fitted)})
+        level = max(level, float(fitted))
+    return {
+        "level": float(level), "alerts_per_day": float(alerts_per_day), "endpoint_days": float(days),
+        "episodes_allowed": allowed, "empirical_level": float(empirical), "episodes_at_level": count(level),
+        "tail_fit": tail, "endpoints": len(series), "sustain_s": float(sustain_s), "gap_s": float(gap_s),
+    }
 
 
 def budget_quantile(scores: np.ndarray, target_rate: float) -> float:

@@ -39,7 +39,13 @@ from ocad_detectors.artifacts import IFOREST_FILE, IFOREST_MODEL_NAME, IFGroupSp
 from ocad_detectors.features import FeatureConfig, ReferenceStats, model_feature_names, model_matrix
 from ocad_pipeline.models.iforest_export import export_isolation_forest
 from ocad_pipeline.training import json_safe
-from ocad_pipeline.training.calibration import DEFAULT_SUSTAIN_S, DEFAULT_TARGET_RATE, budget_calibration
+from ocad_pipeline.training.calibration import (
+    DEFAULT_ALERTS_PER_DAY,
+    DEFAULT_SUSTAIN_S,
+    DEFAULT_TARGET_RATE,
+    alert_budget_level,
+    budget_calibration,
+)
 from ocad_pipeline.training.metrics import best_f1_threshold, classification_metrics, roc_auc
 
 __all__ = [
@@ -82,6 +88,10 @@ class IsolationForestParams:
     #: "budget" strategy: raise each threshold to the highest level healthy validation rows
     #: sustained for this long (seconds; the alert persistence), 0 = off (training.calibration)
     sustain_s: float = DEFAULT_SUSTAIN_S
+    #: "budget" strategy with full-rate healthy validation scores: raise every threshold of a
+    #: group to the level those scores held for ``sustain_s`` in at most this many separate
+    #: episodes per endpoint-day (training.calibration.alert_budget_level), 0 = off
+    alerts_per_day: float = DEFAULT_ALERTS_PER_DAY
     cv_folds: int = 5
     seed: int = 0
 
@@ -103,6 +113,8 @@ class IsolationForestParams:
             raise ValueError(f"sustain_s must be in [0, 86400] seconds, got {self.sustain_s!r}")
         if not 0.0 < self.threshold_quantile < 1.0:
             raise ValueError("threshold_quantile must be in (0, 1)")
+        if not (isinstance(self.alerts_per_day, (int, float)) and 0.0 <= self.alerts_per_day <= 100.0):
+            raise ValueError(f"alerts_per_day must be in [0, 100], got {self.alerts_per_day!r}")
         if self.cv_folds < 2:
             raise ValueError("cv_folds must be >= 2")
 
@@ -230,9 +242,10 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def fit_group(
-    group: str, train: pd.DataFrame, val: pd.DataFrame, params: IsolationForestParams
+    group: str, train: pd.DataFrame, val: pd.DataFrame, params: IsolationForestParams, stream: pd.DataFrame | None = None
 ) -> GroupModel:
-    """Fit, cross-validate and calibrate one capability group (``train``/``val`` hold only its rows)."""
+    """Fit, cross-validate and calibrate one capability group (``train``/``val`` hold only its
+    rows; ``stream``: its healthy validation samples at full rate, for the alert budget)."""
     t0 = time.perf_counter()
     names = model_feature_names(group.split("+"))
     normal = ~train["window_anomalous"].to_numpy(dtype=bool)
@@ -270,8 +283,20 @@ def fit_group(
             fallback_times_ms=train.loc[normal, "timestamp_ms"].to_numpy() if params.sustain_s > 0 else None,
             fallback_endpoints=train.loc[normal, "endpoint_id"].to_numpy() if params.sustain_s > 0 else None,
         )
-        threshold = calibration["pooled"]
         method = f"budget: {params.target_rate:.2%} of {calibration['pooled_source']} above it ({calibration['pooled_rows']} rows)"
+        if stream is not None and len(stream) and params.alerts_per_day > 0 and params.sustain_s > 0:
+            ss = -forest.score_samples(scaler.transform(group_matrix(stream, names)))
+            ab = alert_budget_level(ss, stream["endpoint_id"].to_numpy(), stream["timestamp_ms"].to_numpy(),
+                                    params.sustain_s, params.alerts_per_day)
+            calibration["alert_budget"] = ab
+            lvl = ab["level"]
+            if lvl is not None:
+                # raise only: nothing healthy held above the threshold more often than the budget
+                calibration["pooled"] = max(calibration["pooled"], lvl)
+                calibration["per_endpoint"] = {ep: max(v, lvl) for ep, v in calibration["per_endpoint"].items()}
+                method += (f", raised to the level {ab['episodes_at_level']} episode(s) in {ab['endpoint_days']:.2f} healthy "
+                           f"endpoint-days held for {params.sustain_s:g} s (budget {params.alerts_per_day:g}/endpoint-day)")
+        threshold = calibration["pooled"]
     elif len(Xv):
         threshold, method = _calibrate(val_scores, yv, params)
     else:  # no validation rows: fall back to the training scores (documented in the method)
@@ -333,9 +358,11 @@ class IsolationForestTrainResult:
 
 
 def train_isolation_forest(
-    splits: Mapping[str, pd.DataFrame], params: IsolationForestParams, log=None
+    splits: Mapping[str, pd.DataFrame], params: IsolationForestParams, log=None, stream: pd.DataFrame | None = None
 ) -> IsolationForestTrainResult:
-    """One :class:`GroupModel` per capability group found in the training split."""
+    """One :class:`GroupModel` per capability group found in the training split; ``stream``:
+    healthy validation feature rows at full rate (``datasets.healthy_stream_features``) for the
+    alert-budget calibration."""
     t0 = time.perf_counter()
     train, val = splits["train"], splits["val"]
     test = splits.get("test")
@@ -343,7 +370,8 @@ def train_isolation_forest(
     skipped: dict[str, str] = {}
     for g in sorted(train["capabilities"].astype(str).unique()):
         try:
-            m = fit_group(g, train[train["capabilities"] == g], val[val["capabilities"] == g], params)
+            gs = stream[stream["capabilities"] == g] if stream is not None and len(stream) else None
+            m = fit_group(g, train[train["capabilities"] == g], val[val["capabilities"] == g], params, gs)
         except ValueError as exc:
             skipped[g] = str(exc)
             if log is not None:

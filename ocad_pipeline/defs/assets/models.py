@@ -23,6 +23,7 @@ import pandas as pd
 from ocad_detectors.artifacts import TCNMetadata
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
 from ocad_pipeline.defs.configs import config_from_dataclass
+from ocad_pipeline.datasets import healthy_stream_features
 from ocad_pipeline.defs.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.fingerprint import FINGERPRINT_KEY, matching_version, training_fingerprint
 from ocad_pipeline.io_managers import FILES_KEY, tables_sha256
@@ -107,7 +108,9 @@ class IsolationForestConfig(config_from_dataclass(IsolationForestParams)):  # ty
     ``threshold_strategy``: "budget" (default: the ``1 - target_rate`` quantile of healthy
     validation scores, per endpoint where there are rows enough, else pooled per capability
     group; groups with too few validation rows use out-of-fold training scores; each threshold
-    is then raised to the highest level healthy validation rows held for ``sustain_s``), "f1" (maximize
+    is then raised to the highest level healthy validation rows held for ``sustain_s``, and every
+    threshold of the group to the level all healthy validation samples, scored at full rate, held
+    for ``sustain_s`` in at most ``alerts_per_day`` episodes per endpoint-day), "f1" (maximize
     F1 on validation labels; falls back to the quantile when a group's validation rows hold no
     anomaly) or "quantile" (``threshold_quantile`` of normal validation scores).
 
@@ -590,16 +593,19 @@ def _residual_calibration_table(by_metric) -> str:
 def _calibration_table(result) -> str:
     out = [
         "Isolation Forest thresholds calibrated to a false-alert budget (share of healthy rows above the threshold).\n",
-        "| group | method | target rate | pooled threshold | calibrated on | rows | endpoints with their own |",
-        "|---|---|---:|---:|---|---:|---:|",
+        "| group | method | target rate | pooled threshold | calibrated on | rows | endpoints with their own | "
+        "alert-budget level | healthy endpoint-days | episodes allowed |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for g, m in result.groups.items():
         c = m.calibration
         if c:
+            ab = c.get("alert_budget") or {}
+            lvl = "–" if ab.get("level") is None else f"{ab['level']:.4f}"
             out.append(f"| {g} | budget | {c['target_rate']:.3%} | {c['pooled']:.4f} | {c['pooled_source']} | {c['pooled_rows']} | "
-                       f"{len(c['per_endpoint'])} |")
+                       f"{len(c['per_endpoint'])} | {lvl} | {ab.get('endpoint_days', 0.0):.2f} | {ab.get('episodes_allowed', '–')} |")
         else:
-            out.append(f"| {g} | {m.threshold_method} | – | {m.threshold:.4f} | validation | – | 0 |")
+            out.append(f"| {g} | {m.threshold_method} | – | {m.threshold:.4f} | validation | – | 0 | – | – | – |")
     return "\n".join(out)
 
 
@@ -649,6 +655,7 @@ def isolation_forest_model(
     config: IsolationForestConfig,
     multivariate_splits: dict[str, pd.DataFrame],
     reference_stats: dict[str, pd.DataFrame],
+    raw_metrics: dict[str, pd.DataFrame],
     dataset_settings: DatasetSettings,
     model_registry: ModelRegistryResource,
     paths: OcadPaths,
@@ -656,7 +663,9 @@ def isolation_forest_model(
     """Isolation Forest per capability group (e.g. ecpri+lbm+udp_echo, lbm): scaler + scikit-learn
     IsolationForest fitted on normal training feature vectors of the shared feature engine,
     5-fold cross-validation (score stability across folds), decision threshold calibrated to a
-    false-alert budget on healthy validation rows (per endpoint where there are rows enough). Registered as a new version of isolation_forest
+    false-alert budget on healthy validation rows (per endpoint where there are rows enough) and
+    raised to the alert budget: the level every healthy validation sample, scored at full rate
+    from raw_metrics, held for sustain_s in at most alerts_per_day episodes per endpoint-day. Registered as a new version of isolation_forest
     (forest.safetensors with the exported trees of every group + metadata.json with features,
     scalers, thresholds, feature config and reference statistics). With use_tuned_params:
     true the forest size, subsample, feature share and threshold rule come from the Optuna
@@ -700,7 +709,12 @@ def isolation_forest_model(
             "hyperparameters_source": prov["hyperparameters_source"],
             "train_seconds": 0.0,
         })
-    result = train_isolation_forest(multivariate_splits, params, log=context.log.info)
+    stream = None
+    if params.threshold_strategy == "budget" and params.alerts_per_day > 0 and params.sustain_s > 0:
+        # every healthy validation sample, as the detector will score them (alert-budget calibration)
+        stream = healthy_stream_features(raw_metrics["samples"], raw_metrics["endpoints"], reference_stats["stats"],
+                                         dataset_settings.split_config())
+    result = train_isolation_forest(multivariate_splits, params, log=context.log.info, stream=stream)
     files, meta = iforest_version_payload(result, fcfg, reference_stats["stats"], prov)
     info, size = _register(context, registry, IFOREST_MODEL_NAME, files, meta, tuning, fingerprint)
     metadata = {
