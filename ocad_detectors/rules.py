@@ -158,14 +158,14 @@ class RuleDetector:
             if cap not in caps:
                 continue
             dq = st.recent[cap]
-            w = st.window[cap]
+            win = st.window[cap]
             dq.append((ts, lost))
-            w[0] += lost
+            win[0] += lost
             while len(dq) > rmin and ts - dq[0][0] >= rwin:
-                w[0] -= dq.popleft()[1]
-            w[1] = len(dq)
-            if lost and hit(w[0], w[1]):  # on lost probes only: a reply is no loss evidence
-                rates.append(w[0] / w[1])
+                win[0] -= dq.popleft()[1]
+            win[1] = len(dq)
+            if lost and hit(win[0], win[1]):  # on lost probes only: a reply is no loss evidence
+                rates.append(win[0] / win[1])
             if lost:
                 runs[cap] += 1
                 t0 = since[cap]

@@ -22,8 +22,8 @@ import pandas as pd
 
 from ocad_detectors.artifacts import TCNMetadata
 from ocad_detectors.signals import METRIC_SIGNAL, METRIC_TYPES, SIGNALS
-from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.datasets import healthy_stream_features
+from ocad_pipeline.defs.configs import config_from_dataclass
 from ocad_pipeline.defs.resources import DatasetSettings, ModelRegistryResource, OcadPaths
 from ocad_pipeline.fingerprint import FINGERPRINT_KEY, matching_version, training_fingerprint
 from ocad_pipeline.io_managers import FILES_KEY, tables_sha256
