@@ -91,3 +91,25 @@ def test_default_config_meets_the_seed_sizes(default_sim):
     for t in list(ts.values()) + list(mv.values()):
         assert 0.05 <= t["is_anomaly"].mean() <= 0.10
     validate(ts["val"], timeseries_schema(CFG.sequence_length), "timeseries_val")
+
+
+def test_healthy_stream_features_are_every_healthy_val_sample_as_the_strided_table_has_them(small_sim, small_sets):
+    """The alert-budget calibration's rows: stride 1, healthy windows only, the same features
+    as the strided validation table at the samples both hold."""
+    _, ref, mv = small_sets
+    st = ds.healthy_stream_features(small_sim.samples, small_sim.endpoints, ref, CFG)
+    s = small_sim.samples
+    lab = ds.split_labels(s, CFG)
+    for ep, g in st.groupby("endpoint_id"):
+        val = s[(lab == "val") & (s["endpoint_id"] == ep)].sort_values("timestamp_ms")
+        ts = val["timestamp_ms"].to_numpy()
+        anom = val["is_anomaly"].to_numpy()
+        w = CFG.feature_window
+        healthy = [ts[i] for i in range(w - 1, len(ts)) if not anom[i - w + 1 : i + 1].any()]
+        assert g["timestamp_ms"].tolist() == healthy  # every healthy sample, no stride
+    strided = mv["val"][~mv["val"]["window_anomalous"]]
+    both = strided.merge(st, on=["endpoint_id", "timestamp_ms"], suffixes=("", "_stream"))
+    assert len(both) > 0.9 * len(strided)
+    feats = [c for c in st.columns if c not in ("endpoint_id", "timestamp_ms", "capabilities")]
+    np.testing.assert_allclose(both[feats].to_numpy(float), both[[f + "_stream" for f in feats]].to_numpy(float), equal_nan=True)
+    assert set(st["capabilities"]) == set(mv["val"]["capabilities"])
