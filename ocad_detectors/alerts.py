@@ -322,8 +322,8 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
         lw = config.rules.loss_min_samples
         for cap in ("udp_echo", "ecpri", "lbm"):
             r = d.loss_runs.get(cap, 0)
+            sig = "lbm_success" if cap == "lbm" else METRIC_SIGNAL[cap]
             if r >= lw:
-                sig = "lbm_success" if cap == "lbm" else METRIC_SIGNAL[cap]
                 out.append(Explanation("loss", sig, "samples", 0.0, float(r), None,
                                        f"{sig}: {r} consecutive probes without a reply "
                                        f"(loss evidence from {config.rules.loss_warning_s:g} s without a reply)"))
@@ -331,7 +331,6 @@ def build_explanation(ev: int, d: SampleDetails, config: DetectionConfig) -> tup
             lost, n = d.loss_runs.get(cap + ":lost_recent", 0), d.loss_runs.get(cap + ":probes_recent", 0)
             if config.rules.loss_rate_hit(lost, n):
                 rate = config.rules.loss_rate
-                sig = "lbm_success" if cap == "lbm" else METRIC_SIGNAL[cap]
                 out.append(Explanation("loss", sig, "share", rate, lost / n, None,
                                        f"{sig}: {lost} of the last {n} probes without a reply ({lost / n:.0%}; "
                                        f"loss evidence from {rate:.0%})"))

@@ -256,9 +256,9 @@ class RuleDetector:
         n = len(ts)
         score = np.zeros(n)
         ev = np.zeros(n, dtype=np.int64)
-        runs = {k: np.zeros(n, dtype=np.int64) for k in self.details(_RuleState("", [None] * 3, [None] * 3))}
-        levels = np.full((n, 3, 2), np.nan)
         st = self.new_state(endpoint_id)
+        runs = {k: np.zeros(n, dtype=np.int64) for k in self.details(st)}
+        levels = np.full((n, 3, 2), np.nan)
         ul, cl, lbl, sl = u.tolist(), c.tolist(), lb.tolist(), s.tolist()
         rb = rebaselines or {}
         upd = self.update

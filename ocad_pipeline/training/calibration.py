@@ -43,32 +43,6 @@ DEFAULT_ALERTS_PER_DAY = 0.25
 DEFAULT_SUSTAIN_S = 60.0
 
 
-def sustained_level(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) -> float | None:
-    """The largest rolling median over ``sustain_s`` of consecutive rows of one endpoint (rows
-    further apart than 2.5 intervals start a new stretch); None without a full window."""
-    order = np.argsort(times_ms, kind="stable")
-    t = np.asarray(times_ms, dtype=np.float64)[order]
-    x = np.asarray(scores, dtype=np.float64)[order]
-    if t.size < 3:
-        return None
-    d = np.diff(t)
-    d = d[d > 0]
-    if d.size == 0:
-        return None
-    interval = float(np.median(d))
-    n = max(2, int(round(sustain_s * 1000.0 / interval)))
-    breaks = np.flatnonzero(np.diff(t) > 2.5 * interval) + 1
-    best: float | None = None
-    for seg in np.split(x, breaks):
-        if seg.size < n:
-            continue
-        win = np.lib.stride_tricks.sliding_window_view(seg, n)
-        m = float(np.nanmax(np.nanmedian(win, axis=1))) if np.isfinite(win).any() else None
-        if m is not None and (best is None or m > best):
-            best = m
-    return best
-
-
 def _sustained_series(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) -> tuple[np.ndarray, float]:
     """Per row (time order): the median of the last ``sustain_s`` of consecutive rows (NaN
     before a full window or across a break of more than 2.5 intervals), and the interval (ms)."""
@@ -89,6 +63,15 @@ def _sustained_series(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float
             out[start + n - 1 : start + seg.size] = np.nanmedian(np.lib.stride_tricks.sliding_window_view(seg, n), axis=1)
         start += seg.size
     return out, interval
+
+
+def sustained_level(scores: np.ndarray, times_ms: np.ndarray, sustain_s: float) -> float | None:
+    """The largest rolling median over ``sustain_s`` of consecutive rows of one endpoint (rows
+    further apart than 2.5 intervals start a new stretch); None without a full window."""
+    if np.size(times_ms) < 3:
+        return None
+    m, _ = _sustained_series(scores, times_ms, sustain_s)
+    return float(np.nanmax(m)) if np.isfinite(m).any() else None
 
 
 def _episodes(m: np.ndarray, thr: float, gap: int) -> int:
